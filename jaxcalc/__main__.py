@@ -1,0 +1,5 @@
+import sys
+
+from jaxcalc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Input checks shared by every module.
+
+Static properties (shape, rank, dtype) are checked in Python at trace time, so they
+work under ``jax.jit`` too. Value checks (label range, finiteness) only run on concrete
+inputs: inside a trace the values are unknown, so those checks are skipped there.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when ``x`` holds values now (not an abstract tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def shape_of(x):
+    return tuple(np.shape(x))
+
+
+def check_same_shape(a, b, names=("predictions", "targets")) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have identical shapes (no broadcasting)."""
+    sa, sb = shape_of(a), shape_of(b)
+    if sa != sb:
+        raise ValueError(
+            f"shape mismatch: {names[0]} {sa} vs {names[1]} {sb}; jaxcalc never broadcasts "
+            f"these (e.g. (3, 1) - (3,) would silently become (3, 3)). Reshape one of them explicitly."
+        )
+
+
+def check_floating(x, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` has a floating (or complex) dtype."""
+    dtype = jnp.result_type(x)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {dtype}")
+
+
+def check_integer(x, name: str) -> None:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {dtype}")
+
+
+def check_nonempty(x, name: str) -> None:
+    """Raise ``ValueError`` on an empty batch (a size-0 array)."""
+    if np.size(x) == 0:
+        raise ValueError(f"{name} is empty (shape {shape_of(x)}): a loss over no examples is undefined")
+
+
+def check_label_range(labels, num_classes: int, name: str = "labels") -> None:
+    """On concrete inputs, raise ``ValueError`` naming the first label outside ``[0, num_classes)``."""
+    if not is_concrete(labels):
+        return
+    arr = np.asarray(labels)
+    bad = (arr < 0) | (arr >= num_classes)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        index = idx[0] if len(idx) == 1 else idx
+        raise ValueError(
+            f"{name}[{index}] = {arr[idx]} is outside the valid class range [0, {num_classes}) "
+            f"({int(bad.sum())} bad label(s) in all)"
+        )
+
+
+def check_finite_tree(tree, what: str = "data") -> None:
+    """On concrete inputs, raise ``ValueError`` naming the first leaf holding NaN/inf and how many."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not is_concrete(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc":
+            bad = int(np.size(arr) - np.isfinite(arr).sum())
+            if bad:
+                raise ValueError(
+                    f"{what} leaf {jax.tree_util.keystr(path) or '<root>'} holds {bad} non-finite "
+                    f"value(s) (NaN or inf) out of {arr.size}"
+                )

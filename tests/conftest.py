@@ -1,0 +1,16 @@
+"""Test-wide JAX settings: silent rank broadcasting fails loudly (e.g. (n,) - (n, 1))."""
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Run a test body with float64 enabled: ``def test_x(x64): ...``."""
+    with jax.enable_x64(True):
+        yield
