@@ -1,9 +1,25 @@
 """jaxcalc: the calculus behind machine learning as small, pure, verified JAX functions."""
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 from jaxcalc import losses  # noqa: E402
 from jaxcalc.errors import DivergenceError, GradientCheckError  # noqa: E402
 
-__all__ = ["losses", "DivergenceError", "GradientCheckError", "__version__"]
+# Heavier modules load on first use: `jaxcalc.check_grads`, `jaxcalc.train.fit`, ...
+_LAZY_ATTRS = {"check_grads": "jaxcalc.gradcheck", "fit": "jaxcalc.train", "sweep": "jaxcalc.train"}
+_SUBMODULES = {"derivatives", "gradcheck", "integrate", "optim", "train", "per_example", "backprop",
+               "models", "data", "parallel", "checkpoint", "ops", "runio", "cli"}
+
+
+def __getattr__(name):
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxcalc.{name}")
+    raise AttributeError(f"module 'jaxcalc' has no attribute {name!r}")
+
+
+__all__ = ["losses", "check_grads", "fit", "sweep", "DivergenceError", "GradientCheckError", "__version__"]
