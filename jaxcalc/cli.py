@@ -71,7 +71,7 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> list[str
     hints = typing.get_type_hints(config_cls)
     exposed = []
     for f in dataclasses.fields(config_cls):
-        if f.name in ("seed",) or f.name.startswith("_"):
+        if f.name in ("seed", "quick") or f.name.startswith("_"):  # the CLI's own --seed / --quick
             continue
         tp, optional = _unwrap_optional(hints[f.name])
         opt = "--" + f.name.replace("_", "-")
@@ -99,7 +99,10 @@ def cmd_list(argv) -> int:
     from experiments import registry
 
     for name, modname in registry().items():
-        doc = (importlib.import_module(modname).__doc__ or "").strip().splitlines()
+        try:
+            doc = (importlib.import_module(modname).__doc__ or "").strip().splitlines()
+        except Exception as e:  # a broken module must not hide the others
+            doc = [f"(cannot import: {type(e).__name__}: {e})"]
         print(f"{name:22s} {doc[0] if doc else ''}")
     return 0
 
