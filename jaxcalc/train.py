@@ -180,7 +180,7 @@ class _Loop:
     def step(self, state: TrainState, batch, gstep, key, opt):
         active = state.status == RUNNING
         loss, grads, noise = self._grad(state.params, batch, key)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         updates, new_opt = opt.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & _all_finite(new_params)

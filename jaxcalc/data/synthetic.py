@@ -1,6 +1,7 @@
 """Synthetic data sets with known ground truth (key-driven: same key, same data)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -27,6 +28,11 @@ def linear_regression(key, n: int, d: int, *, noise: float = 0.1, w=None, b=None
         raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
+    return _linear_regression(key, n, d, noise, w, b, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 6))
+def _linear_regression(key, n, d, noise, w, b, dtype):
     kx, kw, kb, ke = jax.random.split(key, 4)
     w = jax.random.normal(kw, (d,), dtype) if w is None else jnp.asarray(w, dtype)
     b = jax.random.normal(kb, (), dtype) if b is None else jnp.asarray(b, dtype)
@@ -56,6 +62,11 @@ def blobs(key, n: int, num_classes: int = 2, d: int = 2, *, spread: float = 1.0,
     """
     if num_classes < 2 or n < 1 or d < 1:
         raise ValueError(f"need n >= 1, d >= 1, num_classes >= 2; got {n}, {d}, {num_classes}")
+    return _blobs(key, n, num_classes, d, spread, separation, centers, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 7))
+def _blobs(key, n, num_classes, d, spread, separation, centers, dtype):
     kc, ky, kx = jax.random.split(key, 3)
     centers = (separation * jax.random.normal(kc, (num_classes, d), dtype) if centers is None
                else jnp.asarray(centers, dtype))

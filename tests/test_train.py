@@ -1,0 +1,252 @@
+"""Tests for jaxcalc.train (fit / sweep / lr_find) and jaxcalc.data.synthetic."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcalc import DivergenceError, train
+from jaxcalc.data import synthetic
+from jaxcalc.models.linear import init_linear, least_squares, mse_loss
+
+
+@pytest.fixture(scope="module")
+def reg():
+    data, truth = synthetic.linear_regression(jax.random.key(0), 10, 3, noise=0.1)
+    return data, truth, init_linear(None, 3)
+
+
+# ----------------------------------------------------------------- the three methods
+
+
+def test_batch_equals_optax_loop(reg):
+    data, _, p0 = reg
+    opt = optax.sgd(0.05)
+    params, hist = train.fit(mse_loss, p0, data, optimizer=opt, method="batch", epochs=20)
+    # reference: a plain Python loop of optax updates on the full data
+    p, s, losses = p0, opt.init(p0), []
+    for _ in range(20):
+        loss, g = jax.value_and_grad(mse_loss)(p, data)
+        losses.append(float(loss))
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(params["w"], p["w"], rtol=1e-5)
+    np.testing.assert_allclose(params["b"], p["b"], rtol=1e-5)
+    np.testing.assert_allclose(hist["loss"], losses, rtol=1e-5)
+    assert hist["loss"].shape == (20,) and hist["grad_norm"].shape == (20,)
+    assert hist["status"] == "completed" and hist["epochs_run"] == 20
+
+
+def _count_loss(params, batch):
+    """-Σ c[i] over the batch's example indices: with sgd(1.0), c counts how often each example
+    was used (the gradient w.r.t. c[i] is -1 per use)."""
+    return -jnp.sum(params["c"][batch["i"]]) + 0.0 * jnp.sum(batch["x"])
+
+
+@pytest.mark.parametrize("method,batch_size,drop_last,steps", [
+    ("sgd", None, False, 7), ("minibatch", 3, False, 3), ("minibatch", 3, True, 2),
+    ("minibatch", 7, False, 1)])
+def test_every_example_once_per_epoch(method, batch_size, drop_last, steps):
+    n = 7
+    data = {"i": jnp.arange(n), "x": jnp.ones((n, 2))}
+    params, hist = train.fit(_count_loss, {"c": jnp.zeros(n)}, data, optimizer=optax.sgd(1.0),
+                             method=method, batch_size=batch_size, drop_last=drop_last, epochs=2,
+                             key=jax.random.key(3), history_every="step")
+    counts = np.asarray(params["c"])
+    assert hist["steps_per_epoch"] == steps and hist["step_loss"].shape == (2 * steps,)
+    if drop_last:  # 6 of the 7 examples per epoch, a fresh order each epoch
+        assert counts.sum() == 12 and counts.max() <= 2
+    else:
+        np.testing.assert_array_equal(counts, np.full(n, 2.0))
+
+
+def test_order_is_fresh_each_epoch_and_key_driven(reg):
+    data, _, p0 = reg
+    kw = dict(optimizer=optax.sgd(0.1), method="sgd", epochs=2, history_every="step")
+    _, h1 = train.fit(mse_loss, p0, {"x": data["x"], "y": data["y"]}, key=jax.random.key(5), **kw)
+    # the same examples in another order give other per-step losses
+    _, h2 = train.fit(mse_loss, p0, data, key=jax.random.key(6), **kw)
+    assert not np.array_equal(h1["step_loss"], h2["step_loss"])
+
+
+def test_same_key_bitwise_and_jit_equals_eager():
+    data, _ = synthetic.linear_regression(jax.random.key(1), 5, 2)
+    p0 = init_linear(None, 2)
+    kw = dict(optimizer=optax.sgd(0.1), method="minibatch", batch_size=3, epochs=1,
+              key=jax.random.key(7), history_every="step")
+    pa, ha = train.fit(mse_loss, p0, data, **kw)
+    pb, hb = train.fit(mse_loss, p0, data, **kw)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    np.testing.assert_array_equal(ha["step_loss"], hb["step_loss"])
+    with jax.disable_jit():
+        pc, hc = train.fit(mse_loss, p0, data, **kw)
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pc[k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ha["step_loss"], hc["step_loss"], rtol=1e-6)
+
+
+def test_callback_path_equals_scan_path_and_can_stop(reg):
+    data, _, p0 = reg
+    opt = optax.sgd(0.05)
+    p_scan, h_scan = train.fit(mse_loss, p0, data, optimizer=opt, epochs=6)
+    seen = []
+    p_cb, h_cb = train.fit(mse_loss, p0, data, optimizer=opt, epochs=6,
+                           callback=lambda e, p, m: seen.append((e, m["loss"])) and False)
+    np.testing.assert_allclose(p_cb["w"], p_scan["w"], rtol=1e-6)
+    np.testing.assert_allclose(h_cb["loss"], h_scan["loss"], rtol=1e-6)
+    assert [e for e, _ in seen] == list(range(6))
+    _, h_stop = train.fit(mse_loss, p0, data, optimizer=opt, epochs=6, progress=True,
+                          callback=lambda e, p, m: e == 2)
+    assert h_stop["epochs_run"] == 3
+
+
+# ----------------------------------------------------------------- divergence / early stop
+
+
+def _blow_up_loss(params, batch):
+    """-p, which turns NaN once p >= 5; with sgd(1.0) p grows by 1 per step (p_t = t)."""
+    p = params["p"]
+    return jnp.where(p >= 5.0, jnp.nan, -p) + 0.0 * jnp.sum(batch["x"])
+
+
+@pytest.mark.parametrize("method,batch_size,epoch,step", [("batch", None, 5, 0), ("minibatch", 2, 2, 1)])
+def test_divergence_raises_with_location(method, batch_size, epoch, step):
+    data = {"x": jnp.ones((4, 1))}
+    kw = dict(optimizer=optax.sgd(1.0), method=method, batch_size=batch_size, epochs=10,
+              key=jax.random.key(0))
+    with pytest.raises(DivergenceError, match=f"epoch {epoch}, step {step}") as info:
+        train.fit(_blow_up_loss, {"p": jnp.zeros(())}, data, **kw)
+    err = info.value
+    # by hand: the loss at step t is -t, so the last finite loss is -4 and the diverging step
+    # started from p = 5
+    assert (err.epoch, err.step, err.last_finite_loss) == (epoch, step, -4.0)
+    assert float(err.last_finite_params["p"]) == 5.0
+    assert err.history["loss"].shape == (epoch + 1,)
+    params, hist = train.fit(_blow_up_loss, {"p": jnp.zeros(())}, data, on_divergence="return", **kw)
+    assert hist["status"] == "diverged" and float(params["p"]) == 5.0
+    assert (hist["stop_epoch"], hist["stop_step"]) == (epoch, step)
+
+
+def test_divergence_on_a_quadratic(reg):
+    data, _, p0 = reg
+    with pytest.raises(DivergenceError) as info:
+        train.fit(mse_loss, p0, data, optimizer=optax.sgd(5.0), epochs=200)
+    err = info.value
+    assert np.isfinite(err.last_finite_loss)
+    assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(err.last_finite_params))
+
+
+def test_grad_tol_early_stop():
+    # f(p) = p²/2 with lr 0.5: p_k = 0.5^k, gradient p_k; first k with 0.5^k <= 0.01 is 7 (by hand)
+    data = {"x": jnp.ones((1, 1))}
+    loss = lambda p, b: 0.5 * p["p"] ** 2 + 0.0 * jnp.sum(b["x"])  # noqa: E731
+    params, hist = train.fit(loss, {"p": jnp.ones(())}, data, optimizer=optax.sgd(0.5),
+                             epochs=50, grad_tol=0.01)
+    assert hist["status"] == "converged" and hist["stop_epoch"] == 7
+    assert float(params["p"]) == 0.5**7 and hist["epochs_run"] == 8
+
+
+# ----------------------------------------------------------------- sweep and lr_find
+
+
+def test_sweep_lrs_equals_separate_fits(reg):
+    data, _, p0 = reg
+    lrs = [0.01, 0.3]
+    kw = dict(method="minibatch", batch_size=4, epochs=5, key=jax.random.key(2))
+    params, hist = train.sweep(mse_loss, p0, data, make_optimizer=optax.sgd, learning_rates=lrs, **kw)
+    assert params["w"].shape == (2, 3) and hist["loss"].shape == (2, 5)
+    for i, lr in enumerate(lrs):
+        p, h = train.fit(mse_loss, p0, data, optimizer=optax.sgd(lr), **kw)
+        np.testing.assert_allclose(params["w"][i], p["w"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(hist["loss"][i], h["loss"], rtol=1e-5)
+
+
+def test_sweep_seeds_equals_separate_fits_and_flags_divergence(reg):
+    data, _, p0 = reg
+    kw = dict(method="sgd", epochs=3)
+    params, hist = train.sweep(mse_loss, p0, data, optimizer=optax.sgd(0.05), seeds=[4, 9], **kw)
+    for i, s in enumerate([4, 9]):
+        p, _ = train.fit(mse_loss, p0, data, optimizer=optax.sgd(0.05), key=jax.random.key(s), **kw)
+        np.testing.assert_allclose(params["b"][i], p["b"], rtol=1e-5, atol=1e-6)
+    _, hist = train.sweep(mse_loss, p0, data, make_optimizer=optax.sgd, learning_rates=[0.1, 5.0],
+                          epochs=100)
+    assert list(hist["status"]) == ["completed", "diverged"]
+    assert hist["stop_epoch"][0] == -1 and hist["stop_epoch"][1] >= 0
+
+
+def test_lr_find_stops_past_the_stability_limit():
+    # f(p) = λ/2 |p|², GD is stable for lr < 2/λ (closed form); λ = 4 -> 0.5
+    lam = 4.0
+    data = {"x": jnp.ones((3, 1))}
+    loss = lambda p, b: 0.5 * lam * jnp.sum(p["p"] ** 2) + 0.0 * jnp.sum(b["x"])  # noqa: E731
+    res = train.lr_find(loss, {"p": jnp.ones(2)}, data, optimizer_fn=optax.sgd, min_lr=1e-3,
+                        max_lr=10.0, steps=60, key=jax.random.key(0), smoothing=0.9)
+    assert res["stopped_step"] > 0 and res["lrs"][-1] > 2 / lam
+    assert res["suggested_lr"] < 2 / lam and res["lr_min_over_10"] < 2 / lam
+    # the smoothed curve is the bias-corrected EMA of the raw losses (numpy reference)
+    ema, ref = 0.0, []
+    for t, v in enumerate(res["losses"]):
+        ema = 0.9 * ema + 0.1 * v
+        ref.append(ema / (1 - 0.9 ** (t + 1)))
+    np.testing.assert_allclose(res["smoothed"], ref, rtol=1e-4)
+    np.testing.assert_allclose(res["lrs"][:3], 1e-3 * (1e4 ** (np.arange(3) / 59)), rtol=1e-5)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_bad_data_leading_lengths_named():
+    data = {"x": jnp.ones((5, 2)), "y": jnp.ones(4)}
+    with pytest.raises(ValueError, match=r"\['x'\]: 5.*\['y'\]: 4"):
+        train.fit(mse_loss, init_linear(None, 2), data, optimizer=optax.sgd(0.1), epochs=1)
+
+
+@pytest.mark.parametrize("data,match", [
+    ({}, "empty"), ({"x": jnp.ones((0, 2)), "y": jnp.ones(0)}, "empty"),
+    ({"x": jnp.ones((3, 2)).at[1, 0].set(jnp.nan).at[2, 1].set(jnp.inf), "y": jnp.ones(3)},
+     r"\['x'\] holds 2 non-finite")])
+def test_bad_data(data, match):
+    with pytest.raises(ValueError, match=match):
+        train.fit(mse_loss, init_linear(None, 2), data, optimizer=optax.sgd(0.1), epochs=1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="minibatch", batch_size=0), "batch_size must be positive"),
+    (dict(method="minibatch", batch_size=-2), "batch_size must be positive"),
+    (dict(method="minibatch", batch_size=6), "larger than the data"),
+    (dict(method="minibatch"), "needs batch_size"),
+    (dict(epochs=0), "epochs must be >= 1"),
+    (dict(method="newton"), "method must be one of"),
+    (dict(method="sgd", key=None), "needs a key"),
+    (dict(history_every="batch"), "history_every"),
+    (dict(clip_norm=0.0), "clip_norm must be positive")])
+def test_bad_options(kw, match):
+    data = {"x": jnp.ones((5, 2)), "y": jnp.ones(5)}
+    args = dict(optimizer=optax.sgd(0.1), epochs=1, key=jax.random.key(0))
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        train.fit(mse_loss, init_linear(None, 2), data, **args)
+
+
+# ----------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_regression_truth_recovered_within_noise():
+    data, truth = synthetic.linear_regression(jax.random.key(3), 2000, 4, noise=0.1, b=1.5)
+    again, _ = synthetic.linear_regression(jax.random.key(3), 2000, 4, noise=0.1, b=1.5)
+    np.testing.assert_array_equal(data["x"], again["x"])
+    sol = least_squares(data["x"], data["y"])
+    # standard error of each coefficient ≈ noise / sqrt(n) ≈ 0.0022; allow 5 sigma
+    np.testing.assert_allclose(sol["w"], truth["w"], atol=0.012)
+    np.testing.assert_allclose(sol["b"], 1.5, atol=0.012)
+    resid = data["y"] - data["x"] @ truth["w"] - truth["b"]
+    assert 0.09 < float(jnp.std(resid)) < 0.11
+
+
+def test_blobs():
+    data, centers = synthetic.blobs(jax.random.key(0), 50, num_classes=3, d=2)
+    assert data["x"].shape == (50, 2) and data["y"].dtype == jnp.int32
+    assert centers.shape == (3, 2) and set(np.unique(data["y"])) <= {0, 1, 2}
+    with pytest.raises(ValueError):
+        synthetic.blobs(jax.random.key(0), 5, num_classes=1)
