@@ -1,4 +1,22 @@
-"""Multi-layer perceptron as plain functions over a list of ``(W, b)`` pairs."""
+"""Multi-layer perceptron: plain functions over a list of ``(W, b)`` pairs, and the same
+network as a flax NNX module that crosses into pure JAX with ``nnx.split`` / ``nnx.merge``.
+
+Pure side::
+
+    params = init_mlp(key, (2, 10, 10, 1), init="glorot_uniform")   # [(W, b), ...]
+    out = mlp_apply(params, x)                                       # (n, 1)
+    loss = mlp_loss(params, {"x": x, "y": y})                        # scalar, jax.grad-able
+
+NNX side (one boundary crossing, then plain pytrees)::
+
+    model = MLP((2, 10, 10, 1), init="glorot_uniform", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)          # state: a pytree of nnx.Param arrays
+    loss = nnx_mlp_loss(state, graphdef, batch) # pure in ``state``: jax.grad, optax, lax.scan
+    model = nnx.merge(graphdef, state)          # back to a module
+
+``mlp_to_params`` / ``mlp_from_params`` convert between the two with the same numbers, so
+both sides give the same outputs and losses.
+"""
 from __future__ import annotations
 
 import math
@@ -6,6 +24,9 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from jaxcalc import losses
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -60,13 +81,119 @@ def mlp_apply(params, x, *, activation: str = "relu"):
     Returns:
       ``(n, d_out)`` (or ``(d_out,)``).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
     h = x
     for w, b in params[:-1]:
-        h = act(h @ w + b)
+        h = act(_affine(h, w, b))
     w, b = params[-1]
-    return h @ w + b
+    return _affine(h, w, b)
+
+
+def _affine(h, w, b):
+    """``h @ w + b`` with the bias broadcast written out (rank promotion is an error in tests)."""
+    return h @ w + jnp.reshape(b, (1,) * (jnp.ndim(h) - 1) + jnp.shape(b))
+
+
+LOSS_NAMES = ("mse", "cross_entropy")
+
+
+def mlp_loss(params, batch, *, loss: str = "mse", activation: str = "relu"):
+    """``loss(params, batch) -> scalar`` for training: :func:`jaxcalc.losses.mse` (regression head)
+    or :func:`jaxcalc.losses.cross_entropy` (classification head, integer labels).
+
+    Args:
+      params: list of ``(W, b)``.
+      batch: ``{"x": (n, d_in), "y": ...}`` with ``y`` of shape ``(n, d_out)`` float for
+        ``"mse"`` (a target vector ``(n,)`` must be reshaped explicitly, ``y[:, None]``) or
+        ``(n,)`` integer labels for ``"cross_entropy"``.
+    """
+    out = mlp_apply(params, batch["x"], activation=activation)
+    if loss == "mse":
+        return losses.mse(out, batch["y"])
+    if loss == "cross_entropy":
+        return losses.cross_entropy(out, batch["y"])
+    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSS_NAMES}")
 
 
 def param_count(params) -> int:
+    """Number of scalars in a parameter pytree (pure params or an ``nnx.State``)."""
     return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+# --------------------------------------------------------------------------- flax NNX twin
+class MLP(nnx.Module):
+    """The MLP of :func:`mlp_apply` as a flax NNX module.
+
+    Hidden layers ``act(h W + b)``, a linear last layer; weights drawn like :func:`init_mlp`
+    (same distributions, not the same draws: use :func:`mlp_from_params` for identical weights).
+
+    Args:
+      sizes: layer widths including input and output, e.g. ``(64, 128, 10)``.
+      activation: hidden activation, a key of ``ACTIVATIONS``.
+      init: weight init, one of ``INITS``; biases start at zero.
+      rngs: ``nnx.Rngs`` that supplies the ``params`` stream.
+    """
+
+    def __init__(self, sizes: Sequence[int], *, activation: str = "relu", init: str = "he",
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"sizes must list at least input and output widths >= 1, got {sizes}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
+
+        def kernel_init(key, shape, dtype=dtype):
+            return _init_weight(key, shape[0], shape[1], init, dtype)
+
+        self.activation = activation
+        self.layers = nnx.List([
+            nnx.Linear(m, n, kernel_init=kernel_init, param_dtype=dtype, rngs=rngs)
+            for m, n in zip(sizes[:-1], sizes[1:])
+        ])
+
+    def __call__(self, x):
+        """``x``: ``(n, d_in)`` -> ``(n, d_out)``."""
+        act = ACTIVATIONS[self.activation]
+        h = x
+        for layer in self.layers[:-1]:
+            h = act(layer(h))
+        return self.layers[-1](h)
+
+
+def mlp_to_params(model: MLP):
+    """The module's weights as pure params ``[(W, b), ...]`` (the same arrays)."""
+    return [(layer.kernel[...], layer.bias[...]) for layer in model.layers]
+
+
+def mlp_from_params(params, *, activation: str = "relu") -> MLP:
+    """An :class:`MLP` holding exactly ``params`` (a list of ``(W, b)``)."""
+    sizes = [params[0][0].shape[0]] + [w.shape[1] for w, _ in params]
+    dtype = jnp.result_type(params[0][0])
+    model = MLP(sizes, activation=activation, dtype=dtype, rngs=nnx.Rngs(0))
+    for layer, (w, b) in zip(model.layers, params):
+        layer.kernel[...] = jnp.asarray(w)
+        layer.bias[...] = jnp.asarray(b)
+    return model
+
+
+def nnx_mlp_apply(state, graphdef, x):
+    """Pure forward pass of a split module: ``nnx.merge(graphdef, state)(x)``."""
+    return nnx.merge(graphdef, state)(x)
+
+
+def nnx_mlp_loss(state, graphdef, batch, *, loss: str = "mse"):
+    """``loss(state, batch)`` of a split :class:`MLP`, pure in ``state`` (an ``nnx.State``).
+
+    Same heads and shape rules as :func:`mlp_loss`; differentiate with ``jax.grad`` and
+    update with optax like any pytree, then ``nnx.merge(graphdef, state)`` rebuilds the module.
+    """
+    out = nnx_mlp_apply(state, graphdef, batch["x"])
+    if loss == "mse":
+        return losses.mse(out, batch["y"])
+    if loss == "cross_entropy":
+        return losses.cross_entropy(out, batch["y"])
+    raise ValueError(f"unknown loss {loss!r}; choose one of {LOSS_NAMES}")
