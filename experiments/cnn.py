@@ -1,0 +1,420 @@
+"""The article's CNN image classifier (flax NNX + optax Adam), with orbax checkpoints and resume.
+
+Data: ``--data-dir`` (or ``$JAXCALC_DATA``) holding CIFAR-10 (Python or binary batches) or a
+folder of images ``train/<class>/*``, ``test/<class>/*``; without it, scikit-learn's bundled
+8x8 digits. The model is :class:`jaxcalc.models.cnn.CNN`, split once into ``(apply, params)``;
+training is one jitted step (``value_and_grad`` of the cross-entropy, Adam update, metrics)
+scanned over a device-resident, shuffled epoch in chunks, so a tqdm bar can advance between
+chunks. After every epoch a checkpoint (params, optimizer state, step, PRNG key, config and the
+metrics so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the latest
+complete one and ends with the same parameters, bit for bit, as a run never interrupted.
+
+``jaxcalc predict --checkpoint DIR IMAGE...`` classifies image files with a trained run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcalc import losses, runio
+from jaxcalc.checkpoint import Checkpointer
+from jaxcalc.data.images import ImageDataset, load_image_dataset, read_image
+from jaxcalc.models.cnn import CNNSpec, abstract_params, init_cnn, make_loss, param_count
+
+NAME = "cnn"
+PROGRESS_UPDATES = 20  # tqdm updates per epoch: the epoch is scanned in this many chunks
+EVAL_BATCH = 500
+_COMPILED: dict = {}  # executables per (model, data, batch) shape, reused by later runs in-process
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Training options; each becomes a ``jaxcalc run cnn`` flag."""
+
+    data_dir: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "
+                                        "image folders; default $JAXCALC_DATA, else sklearn's digits"})
+    epochs: int = dataclasses.field(default=20, metadata={"help": "passes over the training set"})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "images per step"})
+    lr: float = dataclasses.field(default=3e-3, metadata={"help": "Adam's (peak) learning rate"})
+    lr_schedule: Literal["cosine", "constant"] = dataclasses.field(
+        default="cosine", metadata={"help": "cosine: decay lr to 0 over the run; constant: keep it"})
+    resume: bool = dataclasses.field(
+        default=False, metadata={"help": "continue from the latest complete checkpoint in --out"})
+    devices: int = dataclasses.field(default=1, metadata={"help": "devices to train on (only 1 for now)"})
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.devices != 1:
+            raise ValueError(f"devices must be 1 (multi-device training is not wired into the cnn experiment), "
+                             f"got {self.devices}")
+
+
+QUICK = {"epochs": 2}
+
+# Fields that must match when resuming (the learning-rate schedule depends on epochs too).
+_RESUME_FIXED = ("data_dir", "epochs", "batch_size", "lr", "lr_schedule", "seed")
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(spec: CNNSpec, max_value: int, chunk: int):
+    """The jitted chunk-of-epoch trainer and evaluator for one model shape (cached across runs)."""
+    apply, _ = abstract_params(spec)
+    loss_fn = make_loss(apply)
+    scale = 1.0 / max_value
+
+    def to_float(x):
+        return x.astype(jnp.float32) * scale
+
+    optimizer = make_optimizer()
+
+    def train_chunk(params, opt_state, x_all, y_all, plan, valid, drop_key, chunk_index, sched):
+        """Run ``chunk`` steps of the epoch plan starting at step ``chunk_index * chunk``.
+
+        Steps past the end of the epoch (``valid`` false) leave the state untouched. ``sched`` is
+        ``(peak_lr, cosine, first_step, total_steps)``: step ``t`` (counted over the whole run)
+        uses ``peak_lr * (1 + cos(pi * t / total_steps)) / 2`` when ``cosine`` else ``peak_lr``.
+        """
+        peak_lr, cosine, first_step, total_steps = sched
+        start = chunk_index * chunk
+        idx = jax.lax.dynamic_slice_in_dim(plan, start, chunk)
+        ok = jax.lax.dynamic_slice_in_dim(valid, start, chunk)
+        steps = start + jnp.arange(chunk)
+
+        def step(carry, inp):
+            params, opt_state = carry
+            batch_idx, is_valid, step_no = inp
+
+            def do(_):
+                batch = {"x": to_float(x_all[batch_idx]), "y": y_all[batch_idx]}
+                key = jax.random.fold_in(drop_key, step_no)
+                t = (first_step + step_no).astype(jnp.float32) / total_steps.astype(jnp.float32)
+                lr = jnp.where(cosine, peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * t)), peak_lr)
+                opt_in = opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=lr))
+                (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+                updates, new_opt_state = optimizer.update(grads, opt_in, params)
+                correct = jnp.sum(jnp.argmax(logits, axis=-1) == batch["y"])
+                return (optax.apply_updates(params, updates), new_opt_state), (loss, correct)
+
+            def skip(_):
+                return (params, opt_state), (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+            return jax.lax.cond(is_valid, do, skip, None)
+
+        (params, opt_state), (loss, correct) = jax.lax.scan(step, (params, opt_state), (idx, ok, steps))
+        return params, opt_state, jnp.sum(loss), jnp.sum(correct)
+
+    def evaluate(params, x, y, mask):
+        """Mean loss, accuracy and predictions over ``x`` padded to ``(k, EVAL_BATCH, h, w, c)``."""
+
+        def body(_, inp):
+            xb, yb, mb = inp
+            logits = apply(params, to_float(xb), train=False)
+            per_example = losses.softmax_cross_entropy_with_integer_labels(logits, yb)
+            pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return None, (jnp.sum(jnp.where(mb, per_example, 0.0)), jnp.sum(mb & (pred == yb)), pred)
+
+        _, (loss, correct, pred) = jax.lax.scan(body, None, (x, y, mask))
+        n = jnp.sum(mask)
+        return jnp.sum(loss) / n, jnp.sum(correct) / n, pred.reshape(-1)
+
+    return jax.jit(train_chunk), jax.jit(evaluate)
+
+
+def make_optimizer():
+    """Adam with the learning rate held in the optimizer state (a traced value: no recompiles)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+
+
+def _plan(key, n_train: int, batch_size: int, steps_padded: int):
+    """Shuffled indices for one epoch: ``(steps_padded, batch_size)`` int32 and a validity mask."""
+    steps = n_train // batch_size
+    perm = jax.random.permutation(key, n_train)[: steps * batch_size].reshape(steps, batch_size)
+    pad = steps_padded - steps
+    plan = jnp.concatenate([perm, jnp.zeros((pad, batch_size), perm.dtype)]).astype(jnp.int32)
+    valid = jnp.arange(steps_padded) < steps
+    return plan, valid
+
+
+def _sched(config: Config, first_step: int, steps_per_epoch: int):
+    """Traced learning-rate schedule arguments for ``train_chunk`` (no recompiles when they change)."""
+    return (np.float32(config.lr), np.bool_(config.lr_schedule == "cosine"), np.int32(first_step),
+            np.int32(config.epochs * steps_per_epoch))
+
+
+def _pad_eval(x: np.ndarray, y: np.ndarray):
+    n = x.shape[0]
+    k = -(-n // EVAL_BATCH)
+    pad = k * EVAL_BATCH - n
+    xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]).reshape((k, EVAL_BATCH) + x.shape[1:])
+    yp = np.concatenate([y, np.zeros((pad,), y.dtype)]).reshape(k, EVAL_BATCH)
+    mp = (np.arange(k * EVAL_BATCH) < n).reshape(k, EVAL_BATCH)
+    return jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp)
+
+
+def _spec_for(data: ImageDataset) -> CNNSpec:
+    h, w, c = data.image_shape
+    return CNNSpec(height=h, width=w, channels=c, num_classes=data.num_classes)
+
+
+def _model_meta(data: ImageDataset, spec: CNNSpec) -> dict:
+    return {"spec": dataclasses.asdict(spec), "class_names": list(data.class_names),
+            "max_value": data.max_value, "dataset": data.name}
+
+
+def run(config: Config, out_dir) -> dict:
+    """Train, evaluate each epoch, checkpoint each epoch, write plots and summary.json."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    data = load_image_dataset(config.data_dir)
+    n_train = data.x_train.shape[0]
+    if n_train < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({n_train} images)")
+    spec = _spec_for(data)
+    steps = n_train // config.batch_size
+    chunk = -(-steps // min(steps, PROGRESS_UPDATES))
+    n_chunks = -(-steps // chunk)
+    train_chunk, evaluate = _programs(spec, data.max_value, chunk)
+
+    key = jax.random.key(config.seed)
+    init_key, train_key = jax.random.split(key)
+    _, params = init_cnn(init_key, spec)
+    optimizer = make_optimizer()
+    opt_state = optimizer.init(params)
+    step = 0
+    history: list[dict] = []
+    start_epoch = 0
+
+    ckpt_dir = out_dir / "checkpoints"
+    existing = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    if existing and not config.resume:
+        raise ValueError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue, or choose a new --out")
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=2)
+    resumed_from = None
+    try:
+        if config.resume and ckpt.latest() is not None:
+            meta = ckpt.read_meta()
+            saved = meta.get("config", {})
+            for f in _RESUME_FIXED:
+                if saved.get(f) != getattr(config, f):
+                    raise ValueError(f"cannot resume: checkpoint has {f}={saved.get(f)!r} but this run has "
+                                     f"{f}={getattr(config, f)!r}")
+            if meta.get("model") != _model_meta(data, spec):
+                raise ValueError(f"cannot resume: the data in {config.data_dir or 'digits'} differs from the "
+                                 f"checkpoint's (image shape, classes or dataset)")
+            template = {"params": params, "train": {"opt_state": opt_state, "step": jnp.int32(0), "key": train_key}}
+            trees, meta = ckpt.restore(None, template)
+            params = trees["params"]
+            opt_state, step, train_key = (trees["train"][k] for k in ("opt_state", "step", "key"))
+            step = int(step)
+            history = list(meta["history"])
+            start_epoch = resumed_from = int(meta["epoch"])
+
+        writer = runio.RunWriter(out_dir, config)
+        writer.metrics_path.write_text("")  # rewritten from the checkpoint's history on resume
+        writer.log_many(history)
+
+        x_train, y_train = jax.device_put(data.x_train), jax.device_put(data.y_train)
+        x_eval, y_eval, m_eval = _pad_eval(data.x_test, data.y_test)
+        t0 = time.perf_counter()
+        shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape)
+        if shapes not in _COMPILED:  # compile ahead of time, once per shape, so timings exclude it
+            _COMPILED[shapes] = (
+                train_chunk.lower(params, opt_state, x_train, y_train,
+                                  *_plan(train_key, n_train, config.batch_size, n_chunks * chunk),
+                                  train_key, 0, _sched(config, 0, steps)).compile(),
+                evaluate.lower(params, x_eval, y_eval, m_eval).compile(),
+            )
+        compiled_train, compiled_eval = _COMPILED[shapes]
+        compile_seconds = time.perf_counter() - t0
+
+        train_seconds = 0.0
+        images_trained = 0
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            train_key, epoch_key = jax.random.split(train_key)
+            perm_key, drop_key = jax.random.split(epoch_key)
+            plan, valid = _plan(perm_key, n_train, config.batch_size, n_chunks * chunk)
+            loss_sum = jnp.zeros((), jnp.float32)
+            correct = jnp.zeros((), jnp.int32)
+            t_epoch = time.perf_counter()
+            with tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
+                      file=sys.stderr, disable=None) as bar:
+                for c in range(n_chunks):
+                    params, opt_state, ls, cs = compiled_train(params, opt_state, x_train, y_train, plan, valid,
+                                                               drop_key, c, _sched(config, step, steps))
+                    loss_sum, correct = loss_sum + ls, correct + cs
+                    done = min((c + 1) * chunk, steps)
+                    bar.set_postfix(loss=f"{float(ls) / (done - c * chunk):.4f}")
+                    bar.update(done - bar.n)
+            train_seconds += time.perf_counter() - t_epoch
+            images_trained += steps * config.batch_size
+            step += steps
+            test_loss, test_acc, _ = compiled_eval(params, x_eval, y_eval, m_eval)
+            row = {"epoch": epoch, "step": step,
+                   "train_loss": float(loss_sum) / steps,
+                   "train_accuracy": int(correct) / (steps * config.batch_size),
+                   "test_loss": float(test_loss), "test_accuracy": float(test_acc)}
+            history.append(row)
+            writer.log(**row)
+            ckpt.save(epoch, {"params": params,
+                              "train": {"opt_state": opt_state, "step": jnp.int32(step), "key": train_key}},
+                      meta={"epoch": epoch, "config": dataclasses.asdict(config),
+                            "model": _model_meta(data, spec), "history": history})
+            print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc "
+                  f"{row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}",
+                  file=sys.stderr)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+
+    test_loss, test_acc, pred = compiled_eval(params, x_eval, y_eval, m_eval)
+    pred = np.asarray(pred)[: data.y_test.shape[0]]
+    _plots(writer, history, data, pred)
+    summary = {
+        "dataset": data.name,
+        "epochs": config.epochs,
+        "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
+        "train_accuracy": history[-1]["train_accuracy"] if history else None,
+        "train_images_per_second": images_trained / train_seconds if train_seconds else None,
+        "param_count": param_count(params),
+        "image_shape": list(data.image_shape),
+        "train_images": n_train,
+        "test_images": int(data.y_test.shape[0]),
+        "compile_seconds": compile_seconds,
+        "resumed_from_epoch": resumed_from,
+        "checkpoint": str(ckpt_dir),
+        "device": str(jax.devices()[0]),
+    }
+    return writer.finish(summary)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(k, k)`` counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def _plots(writer: runio.RunWriter, history: list[dict], data: ImageDataset, pred: np.ndarray) -> None:
+    epochs = [r["epoch"] for r in history]
+    for metric in ("loss", "accuracy"):
+        fig, ax = runio.figure(figsize=(5, 3.5))
+        ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train (with dropout)")
+        ax.plot(epochs, [r[f"test_{metric}"] for r in history], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{data.name}: {metric}")
+        ax.legend()
+        writer.savefig(fig, metric)
+
+    k = data.num_classes
+    cm = confusion_matrix(data.y_test, pred, k)
+    fig, ax = runio.figure(figsize=(0.5 * k + 2.5, 0.5 * k + 2))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    ticks = range(k)
+    ax.set_xticks(ticks, data.class_names, rotation=60, fontsize=7)
+    ax.set_yticks(ticks, data.class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(f"confusion matrix (test accuracy {np.trace(cm) / cm.sum():.3f})")
+    writer.savefig(fig, "confusion_matrix")
+
+    rows, cols = 4, 6
+    n = min(rows * cols, data.x_test.shape[0])
+    fig, axes = runio.figure(rows, cols, figsize=(cols * 1.4, rows * 1.6))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = data.x_test[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                  vmin=0, vmax=data.max_value)
+        ok = pred[i] == data.y_test[i]
+        ax.set_title(f"{data.class_names[pred[i]]}\n(true {data.class_names[data.y_test[i]]})", fontsize=7,
+                     color="green" if ok else "red")
+    writer.savefig(fig, "test_predictions")
+
+
+def load_predictor(checkpoint_dir: Path | str):
+    """``(predict_probs, meta)`` from a run's checkpoint folder (or its run folder).
+
+    ``predict_probs(images (n, h, w, c) float in [0, 1]) -> (n, classes)`` softmax probabilities.
+    """
+    path = Path(checkpoint_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    ckpt = Checkpointer(path, async_save=False)
+    try:
+        if ckpt.latest() is None:
+            raise FileNotFoundError(f"no complete checkpoint in {path}")
+        meta = ckpt.read_meta()
+        spec = CNNSpec(**meta["model"]["spec"])
+        apply, abstract = abstract_params(spec)
+        trees, _ = ckpt.restore(None, {"params": abstract})
+    finally:
+        ckpt.close()
+    params = trees["params"]
+
+    @jax.jit
+    def predict_probs(images):
+        return jax.nn.softmax(apply(params, images, train=False), axis=-1)
+
+    return predict_probs, meta
+
+
+def predict_command(argv) -> int:
+    """``jaxcalc predict --checkpoint DIR IMAGE...``: print class and probability per image."""
+    parser = argparse.ArgumentParser(prog="jaxcalc predict",
+                                     description="Classify image files with a CNN trained by `jaxcalc run cnn`.")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a run folder or its checkpoints/ folder (the latest complete checkpoint is used)")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--top", type=int, default=1, help="print the K most likely classes (default 1)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        predict_probs, meta = load_predictor(args.checkpoint)
+        m = meta["model"]
+        h, w, c = m["spec"]["height"], m["spec"]["width"], m["spec"]["channels"]
+        images = np.stack([read_image(p, mode="L" if c == 1 else "RGB", size=(h, w)) for p in args.images])
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"jaxcalc predict: error: {e}", file=sys.stderr)
+        return 2
+    # The model sees intensities in [0, 1] (training divided by the data's max_value: 255, or 16
+    # for digits); image files hold 0..255.
+    probs = np.asarray(predict_probs(jnp.asarray(images, jnp.float32) / 255.0))
+    names = m["class_names"]
+    top = max(1, min(args.top, len(names)))
+    for path, p in zip(args.images, probs):
+        order = np.argsort(-p)[:top]
+        print(f"{path}: " + ", ".join(f"{names[i]} ({p[i]:.3f})" for i in order))
+    return 0
