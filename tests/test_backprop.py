@@ -179,3 +179,14 @@ def test_max_relative_difference_detects_a_wrong_gradient(x64):
     ref = jax.jit(bp.autodiff_grads)(params, x, y)
     wrong = jax.tree_util.tree_map(lambda g: g * (1 + 1e-3), ref)
     assert 0.5e-3 < float(bp.max_relative_difference(wrong, ref)) < 2e-3
+
+
+def test_backprop_passes_jaxcalc_check_grads():
+    # jaxcalc's own checker, every coordinate, leaf by leaf (reverse mode: custom_vjp has no jvp).
+    import jaxcalc
+
+    params, x, y = _problem(2, 4, "mse", jnp.float32, seed=4, d_in=3, width=5, k=2)  # cast up inside
+    report = jaxcalc.check_grads(lambda p: bp.backprop_loss(p, x, y, activation="tanh"), params,
+                                 modes=("rev",), method="full")
+    assert report.passed and report.max_rel_error < 1e-6
+    assert len(report.results) == 4  # W1, b1, W2, b2
