@@ -34,16 +34,18 @@ environment, or ``jax.config.update("jax_num_cpu_devices", 8)`` before any other
 8 CPU devices.
 
 Multi-host (several machines, each with its own devices): run the *same command* on every
-host. :func:`initialize_distributed` (the CLI calls it for you) connects the processes with
-``jax.distributed.initialize`` when it finds a cluster environment; after that
+host. :func:`initialize_distributed` (call it first, before any other JAX call) connects the
+processes with ``jax.distributed.initialize`` when it finds a cluster environment; after that
 ``jax.devices()`` lists the devices of all hosts, :func:`make_mesh` spans them, and every
 process runs the same jitted step on its own devices. Every process must build the same
 global batch (jaxcalc's data is generated or loaded deterministically from the seed, so the same
 command gives the same batch); :func:`shard_batch` then hands each process the rows its
 devices own. Launching:
 
-- Slurm: ``srun --nodes=2 --ntasks-per-node=1 jaxcalc run mlp --devices 16`` (detected from
-  ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``, ``SLURM_LOCALID``).
+- Slurm, one task per GPU (JAX then gives each process the GPU numbered ``SLURM_LOCALID``):
+  ``srun --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 jaxcalc run mlp --devices 16``
+  (detected from ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``, ``SLURM_NTASKS``, ``SLURM_PROCID``,
+  ``SLURM_LOCALID``).
 - Open MPI: ``mpirun -np 2 --host a,b jaxcalc run mlp --devices 16`` (``OMPI_MCA_orte_hnp_uri``).
 - Anything else (plain ssh, containers): on every host set
   ``JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=<0 or 1>`` and run the

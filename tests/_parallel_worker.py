@@ -96,7 +96,8 @@ def compare(name, loss_fn, params, batches, meshes):
                                      for x in jax.tree.leaves(s) if x.ndim),
             "n_leaves": len(leaves),
         }
-        if name == "mlp" and label == "dp8" and MODE == "single":  # the gradient all-reduce XLA inserted (one more compile)
+        if name == "mlp" and label == "dp8" and MODE == "single":
+            # the gradient all-reduce XLA inserted (costs one more compile)
             res[label]["all_reduce"] = "all-reduce" in dp.lower(
                 params, opt_state, batches[0], keys[0]).compile().as_text()
     return name, res
@@ -244,7 +245,8 @@ def main():
               "platform": jax.devices()[0].platform, "cases": {}, "missing": {}}
     mesh_all = parallel.make_mesh(n)
     dp8, fsdp8 = ("dp8", mesh_all, False), ("fsdp8", mesh_all, True)
-    if MODE == "single":  # every compile costs ~0.5 s on a busy 2-core CI machine: test each mode once or twice
+    # every compile costs ~0.5 s on a busy 2-core CI machine: test each mode once or twice
+    if MODE == "single":
         cases = [("mlp", mlp_case, [dp8, fsdp8, ("dp1", parallel.make_mesh(1), False)]),
                  ("cnn", cnn_case, [dp8]),
                  ("recommender", recommender_case, [dp8, fsdp8])]
