@@ -12,6 +12,9 @@ The three kinds of descent differ only in which data each update sees:
   shape, traced once), so every example is used exactly once per epoch and ``loss_fn`` sees
   only real examples (no padding, no masking, any reduction works). ``drop_last=True``
   drops those examples instead (different ones each epoch, since the order is fresh).
+  Either way the epoch does not weigh all examples equally (the last batch's examples count
+  ``1/rem`` in their update instead of ``1/batch_size``); where that matters, e.g. converging
+  to a fixed point to high precision, pick a ``batch_size`` that divides ``n``.
 
 Every epoch is one jitted ``lax.scan`` over steps. When nothing needs the host between
 epochs (no progress bar, no callback), all epochs are one compiled program (a scan over
@@ -159,23 +162,27 @@ class _Loop:
 
     # one update ---------------------------------------------------------------
     def _grad(self, params, batch, key):
+        """``(loss, grads, (trace_sigma, grad_sq_norm))``; the noise parts are nan unless
+        ``log_noise_scale`` (and the batch has >= 2 examples)."""
+        nan = jnp.array(jnp.nan, jnp.result_type(float))
+        noise_parts = (nan, nan)
+        if self.clip_norm is None and not self.log_noise_scale:
+            loss, grads = jax.value_and_grad(self.loss_fn)(params, batch)
+            return loss, grads, noise_parts
+        from jaxcalc import per_example
+
+        per_ex = per_example.per_example_grads(self.loss_fn, params, batch)
         if self.clip_norm is None:
             loss, grads = jax.value_and_grad(self.loss_fn)(params, batch)
         else:
-            from jaxcalc import per_example
-
             loss = self.loss_fn(params, batch)
-            grads, _ = per_example.clipped_mean_grad(
-                self.loss_fn, params, batch, clip_norm=self.clip_norm,
-                noise_multiplier=self.noise_multiplier, key=key)
-        if self.log_noise_scale:
-            from jaxcalc import per_example
-
-            noise = per_example.gradient_noise_scale(
-                per_example.per_example_grads(self.loss_fn, params, batch))
-        else:
-            noise = jnp.zeros((), jnp.result_type(loss))
-        return loss, grads, noise
+            grads, _ = per_example.clip_and_aggregate(
+                per_ex, clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
+                key=key if self.noise_multiplier > 0 else None)
+        if self.log_noise_scale and jax.tree.leaves(per_ex)[0].shape[0] >= 2:
+            parts = per_example.gradient_noise_scale(per_ex, return_parts=True)
+            noise_parts = (parts["trace_sigma"], parts["grad_sq_norm"])
+        return loss, grads, noise_parts
 
     def step(self, state: TrainState, batch, gstep, key, opt):
         active = state.status == RUNNING
@@ -224,7 +231,7 @@ class _Loop:
                                        jax.random.fold_in(k_noise, plan.full_steps), opt)
                 recs = jax.tree.map(lambda a, r: jnp.concatenate([a, r[None]]), recs, rec)
                 sizes = jnp.concatenate([sizes, jnp.full((1,), plan.rem)])
-        losses, gnorms, noises, active = recs
+        losses, gnorms, (traces, gsqs), active = recs
         weights = jnp.where(active, sizes, 0).astype(losses.dtype)
         total = jnp.sum(weights)
 
@@ -233,7 +240,11 @@ class _Loop:
 
         out = {"loss": wmean(losses), "grad_norm": wmean(gnorms)}
         if self.log_noise_scale:
-            out["noise_scale"] = wmean(noises)
+            # B_simple of the epoch: mean tr(Σ) over mean |G|² across its steps (averaging
+            # numerator and denominator separately, as McCandlish et al. 2018 advise)
+            ok = active & jnp.isfinite(traces) & jnp.isfinite(gsqs)
+            out["noise_scale"] = (jnp.sum(jnp.where(ok, traces, 0.0))
+                                  / jnp.sum(jnp.where(ok, gsqs, 0.0)))
         if self.record_steps:
             out["step_loss"] = jnp.where(active, losses, jnp.nan)
             out["step_grad_norm"] = jnp.where(active, gnorms, jnp.nan)
@@ -317,10 +328,13 @@ def _compiled(loop: _Loop, what: str):
 
 
 def _check_common(method, epochs, batch_size, key, history_every, on_divergence, clip_norm,
-                  noise_multiplier, drop_last, data):
+                  noise_multiplier, drop_last, data, log_noise_scale=False):
     n = _leading_length(data)
     _check_int(epochs, "epochs", 1)
     plan = _make_plan(method, n, batch_size, drop_last)
+    if log_noise_scale and plan.batch_size < 2:
+        raise ValueError("log_noise_scale needs batches of >= 2 examples (the noise scale "
+                         "compares examples within a batch); use method='minibatch' or 'batch'")
     if history_every not in ("epoch", "step"):
         raise ValueError(f"history_every must be 'epoch' or 'step', got {history_every!r}")
     if on_divergence not in ("raise", "return"):
@@ -363,10 +377,14 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
       on_divergence: ``"raise"`` a :class:`jaxcalc.DivergenceError` (with the epoch, step, last
         finite loss and last finite parameters) or ``"return"`` the last finite parameters
         and a history whose ``status`` is ``"diverged"``.
-      clip_norm: per-example gradient clipping (DP-SGD style) via
-        ``jaxcalc.per_example.clipped_mean_grad``; ``noise_multiplier`` adds Gaussian noise.
-      log_noise_scale: add ``history["noise_scale"]``, the per-epoch mean of the gradient
-        noise scale B_simple = tr(Σ)/|G|² of each step's batch (``jaxcalc.per_example``).
+      clip_norm: per-example gradient clipping (DP-SGD style): each step's gradient is
+        ``jaxcalc.per_example.clipped_mean_grad`` of its batch (each example's gradient scaled
+        to norm <= clip_norm, then averaged); ``noise_multiplier`` σ adds Gaussian noise of
+        std σ·clip_norm/batch (key-driven). ``grad_norm`` is then that of the clipped mean.
+      log_noise_scale: add ``history["noise_scale"]``, the gradient noise scale
+        B_simple = tr(Σ)/|G|² per epoch: the epoch's mean of the per-step estimates of tr(Σ)
+        over the mean of those of |G|² (``jaxcalc.per_example.gradient_noise_scale``, on
+        each step's batch; steps of one example are skipped). Needs batches of >= 2.
       drop_last: ``"minibatch"`` only: drop the ``n % batch_size`` left-over examples of each
         epoch instead of making a smaller last update.
       progress: show a tqdm bar over epochs (each epoch is then its own compiled call).
@@ -386,7 +404,7 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
       jaxcalc.DivergenceError: on non-finite loss/gradient/parameters with ``on_divergence="raise"``.
     """
     plan = _check_common(method, epochs, batch_size, key, history_every, on_divergence,
-                         clip_norm, noise_multiplier, drop_last, data)
+                         clip_norm, noise_multiplier, drop_last, data, log_noise_scale)
     key = jax.random.key(0) if key is None else key
     loop = _Loop(loss_fn, plan, _ConstOpt(optimizer), grad_tol, clip_norm, float(noise_multiplier),
                  bool(log_noise_scale), history_every == "step")
@@ -471,7 +489,7 @@ def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable]
             raise ValueError("seeds must be non-empty")
         keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
     plan = _check_common(method, epochs, batch_size, key if seeds is None else 0, history_every,
-                         "return", clip_norm, noise_multiplier, drop_last, data)
+                         "return", clip_norm, noise_multiplier, drop_last, data, log_noise_scale)
     sizes = {len(x) for x in (lrs, seeds) if x is not None}
     n_copies = max(sizes)
     if len(sizes - {1}) > 1:

@@ -250,3 +250,42 @@ def test_blobs():
     assert centers.shape == (3, 2) and set(np.unique(data["y"])) <= {0, 1, 2}
     with pytest.raises(ValueError):
         synthetic.blobs(jax.random.key(0), 5, num_classes=1)
+
+
+# ----------------------------------------------------------------- per-example clipping / noise scale
+
+
+def _linreg_per_example_grads_at_zero(data):
+    """Closed form (by hand): at θ = 0 the one-example MSE gradient is -2 y_i [x_i, 1]."""
+    x, y = np.asarray(data["x"], np.float64), np.asarray(data["y"], np.float64)
+    return -2.0 * y[:, None] * np.c_[x, np.ones(len(y))]
+
+
+def test_clip_norm_batch_step_matches_closed_form(reg):
+    data, _, p0 = reg
+    g = _linreg_per_example_grads_at_zero(data)
+    c = 0.5 * np.median(np.linalg.norm(g, axis=1))
+    clipped = g * np.minimum(1.0, c / np.linalg.norm(g, axis=1))[:, None]
+    params, hist = train.fit(mse_loss, p0, data, optimizer=optax.sgd(0.1), epochs=1, clip_norm=float(c),
+                             log_noise_scale=True)
+    np.testing.assert_allclose(params["w"], -0.1 * clipped.mean(0)[:3], rtol=1e-5)
+    np.testing.assert_allclose(params["b"], -0.1 * clipped.mean(0)[3], rtol=1e-5)
+    # B_simple = tr(Σ)/|G|² with the unbiased estimators (McCandlish et al. 2018), in numpy
+    n = len(g)
+    tr = np.sum((g - g.mean(0)) ** 2) / (n - 1)
+    np.testing.assert_allclose(hist["noise_scale"], [tr / (np.sum(g.mean(0) ** 2) - tr / n)], rtol=1e-4)
+
+
+def test_clip_noise_is_key_driven_and_large_clip_is_plain(reg):
+    data, _, p0 = reg
+    kw = dict(optimizer=optax.sgd(0.05), method="minibatch", batch_size=5, epochs=2)
+    plain, _ = train.fit(mse_loss, p0, data, key=jax.random.key(1), **kw)
+    loose, _ = train.fit(mse_loss, p0, data, key=jax.random.key(1), clip_norm=1e6, **kw)
+    np.testing.assert_allclose(loose["w"], plain["w"], rtol=1e-5)
+    noisy = [train.fit(mse_loss, p0, data, key=jax.random.key(k), clip_norm=1.0, noise_multiplier=1.0,
+                       **kw)[0]["w"] for k in (1, 1, 2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])
+    assert not np.allclose(noisy[0], noisy[2])
+    with pytest.raises(ValueError, match="batches of >= 2"):
+        train.fit(mse_loss, p0, data, optimizer=optax.sgd(0.1), method="sgd", epochs=1,
+                  key=jax.random.key(0), log_noise_scale=True)
