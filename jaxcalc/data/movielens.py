@@ -365,8 +365,8 @@ class SyntheticRatings:
     params: dict
 
 
-def synthetic_ratings(key, *, num_users: int = 943, num_items: int = 1682, rank: int = 5,
-                      density: float = 0.063, noise: float = 0.8, mean: float = 3.5,
+def synthetic_ratings(key, *, num_users: int = 943, num_items: int = 1682, rank: int = 2,
+                      density: float = 0.063, noise: float = 0.9, mean: float = 3.5,
                       user_bias_std: float = 0.35, item_bias_std: float = 0.5,
                       factor_std: float = 0.5, min_per_user: int = 20, scale=(1, 5),
                       integer: bool = True) -> SyntheticRatings:

@@ -344,8 +344,15 @@ def _gram_sparse(fixed, target, seg, num_rows, chunk):
     return A, b
 
 
-@functools.partial(jax.jit, static_argnames=("num_users", "dense", "chunk"), donate_argnums=0)
-def _als_epoch(table, mu, users, items, ratings, reg, reg_bias, *, num_users, dense, chunk):
+@functools.partial(jax.jit, static_argnames=("num_users", "num_items"))
+def _dense_ratings(users, items, ratings, mu, *, num_users, num_items):
+    """``(mask, R − μ)`` as dense ``(U, I)`` arrays (zeros where unrated), built once per fit."""
+    mask = jnp.zeros((num_users, num_items), ratings.dtype).at[users, items].set(1.0)
+    return mask, jnp.zeros_like(mask).at[users, items].set(ratings - mu)
+
+
+@functools.partial(jax.jit, static_argnames=("num_users", "chunk"), donate_argnums=0)
+def _als_epoch(table, mu, users, items, ratings, dense_mats, reg, reg_bias, *, num_users, chunk):
     """Users given items, then items given users: one ALS sweep on the packed table.
 
     For user ``u`` with items fixed (``z_i = [q_i, 1]``, ``y = r − μ − b_i``)::
@@ -353,6 +360,8 @@ def _als_epoch(table, mu, users, items, ratings, reg, reg_bias, *, num_users, de
         (Σ_i z_i z_iᵀ + n_u·diag(reg, …, reg, reg_bias)) [p_u, b_u] = Σ_i z_i y_i
 
     the exact minimiser of :func:`loss` over that user's row; items likewise.
+    ``dense_mats``: ``(mask, R − μ)`` from :func:`_dense_ratings`, or ``None`` for the
+    chunked scatter path.
 
     Returns:
       ``(table, objective)``.
@@ -362,9 +371,9 @@ def _als_epoch(table, mu, users, items, ratings, reg, reg_bias, *, num_users, de
     dt = table.dtype
     cu = jnp.zeros((U,), dt).at[users].add(1.0)
     ci = jnp.zeros((I,), dt).at[items].add(1.0)
+    dense = dense_mats is not None
     if dense:
-        mask = jnp.zeros((U, I), dt).at[users, items].set(1.0)
-        rmat = jnp.zeros((U, I), dt).at[users, items].set(ratings - mu)
+        mask, rmat = dense_mats
 
     def with_one(rows):
         return jnp.concatenate([rows[:, :-1], jnp.ones((rows.shape[0], 1), dt)], axis=1)
@@ -484,10 +493,12 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         step = lambda t, e: (exe(t, mu, *args), None)  # noqa: E731
     elif method == "als":
         ju, ji = jnp.asarray(users), jnp.asarray(items)
-        dense = num_users * num_items <= dense_limit
-        exe, compile_s = _compiled(_als_epoch, table, mu, ju, ji, r, *hyper, num_users=num_users,
-                                   dense=dense, chunk=min(chunk, ratings.size))
-        step = lambda t, e: exe(t, mu, ju, ji, r, *hyper)  # noqa: E731
+        mats = None
+        if num_users * num_items <= dense_limit:
+            mats = _dense_ratings(ju, ji, r, mu, num_users=num_users, num_items=num_items)
+        exe, compile_s = _compiled(_als_epoch, table, mu, ju, ji, r, mats, *hyper, num_users=num_users,
+                                   chunk=min(chunk, ratings.size))
+        step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)  # noqa: E731
     else:
         b = ratings.size if method == "fullbatch" else min(batch_size, ratings.size)
         state = [_direction(optimizer).init(table)]
