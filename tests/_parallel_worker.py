@@ -215,6 +215,36 @@ def padding_case(mesh):
             "grad_rel_diff": rel_diff(fetch(got_g), fetch(ref_g))}
 
 
+def fit_case(mesh):
+    """jaxcalc.train.fit(..., mesh=mesh) vs fit without a mesh (once fit takes a mesh)."""
+    import inspect
+
+    from jaxcalc import train
+
+    if "mesh" not in inspect.signature(train.fit).parameters:
+        return {"missing": "jaxcalc.train.fit has no mesh= parameter yet"}
+    x = RNG.normal(size=(100, 6)).astype(np.float32)  # 100 = 3 batches of 32 + a last one of 4
+    data = {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}
+    params = jax.jit(init_mlp, static_argnums=1)(jax.random.key(11), (6, 8, 2))
+
+    def loss_fn(p, b):
+        return losses.cross_entropy(mlp_apply(p, b["x"]), b["y"])
+
+    kw = dict(optimizer=optax.adam(1e-2), method="minibatch", batch_size=32, epochs=2,
+              key=jax.random.key(12))
+    ref, ref_hist = train.fit(loss_fn, params, data, **kw)
+    got, hist = train.fit(loss_fn, params, data, mesh=mesh, **kw)
+    try:
+        train.fit(loss_fn, params, data, **dict(kw, batch_size=30), mesh=mesh)
+        bad = None
+    except ValueError as e:
+        bad = str(e)
+    return {"param_rel_diff": rel_diff(fetch(got), fetch(ref)),
+            "loss_rel_diff": rel_diff(np.asarray(hist["loss"]), np.asarray(ref_hist["loss"])),
+            "params_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(got)),
+            "batch_30_error": bad}
+
+
 def errors(mesh):
     out = {}
     x = np.zeros((60, 3), np.float32)
@@ -263,6 +293,7 @@ def main():
         result["scan_epoch"] = scan_epoch_case([dp8])
         result["padding"] = padding_case(mesh_all)
         result["errors"] = errors(mesh_all)
+        result["fit"] = fit_case(mesh_all)
     print(json.dumps(result))
 
 

@@ -127,6 +127,15 @@ def test_scanned_epoch_with_constrained_batches(single):
     assert r["param_rel_diff"] <= RTOL and r["loss_rel_diff"] <= RTOL, r
 
 
+def test_fit_with_mesh_matches_fit_without(single):
+    r = single["fit"]
+    if "missing" in r:
+        pytest.skip(r["missing"])
+    assert r["params_replicated"]
+    assert r["param_rel_diff"] <= RTOL and r["loss_rel_diff"] <= RTOL, r
+    assert r["batch_30_error"] is not None and "8 devices" in r["batch_30_error"]
+
+
 def test_padding_with_mask_equals_unpadded_batch(single):
     r = single["padding"]
     assert (r["padded_size"], r["n_real"]) == (64, 60)
