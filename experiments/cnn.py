@@ -344,19 +344,26 @@ def _plots(writer: runio.RunWriter, history: list[dict], data: ImageDataset, pre
     ax.set_title(f"confusion matrix (test accuracy {np.trace(cm) / cm.sum():.3f})")
     writer.savefig(fig, "confusion_matrix")
 
+    # One mosaic image in one axes (24 subplots would cost seconds of matplotlib time).
     rows, cols = 4, 6
     n = min(rows * cols, data.x_test.shape[0])
-    fig, axes = runio.figure(rows, cols, figsize=(cols * 1.4, rows * 1.6))
-    for i, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = data.x_test[i]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                  vmin=0, vmax=data.max_value)
+    h, w, c = data.image_shape
+    gap = max(1, h // 8)
+    mosaic = np.full((rows * (h + gap), cols * (w + gap), c), 1.0, np.float32)  # white gaps
+    for i in range(n):
+        r, q = divmod(i, cols)
+        mosaic[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = data.x_test[i] / data.max_value
+    fig, ax = runio.figure(figsize=(cols * 1.3, rows * 1.45))
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        r, q = divmod(i, cols)
         ok = pred[i] == data.y_test[i]
-        ax.set_title(f"{data.class_names[pred[i]]}\n(true {data.class_names[data.y_test[i]]})", fontsize=7,
-                     color="green" if ok else "red")
+        ax.text(q * (w + gap) + w / 2 - 0.5, r * (h + gap) - 0.5,
+                f"{data.class_names[pred[i]]} (true {data.class_names[data.y_test[i]]})",
+                ha="center", va="bottom", fontsize=6, color="green" if ok else "red")
+    ax.set_title("test images: predicted (true)", fontsize=9, pad=12)
     writer.savefig(fig, "test_predictions")
 
 
