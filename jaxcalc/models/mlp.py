@@ -38,37 +38,60 @@ ACTIVATIONS: dict[str, Callable] = {
 INITS = ("he", "glorot", "glorot_uniform", "normal")
 
 
-def _init_weight(key, fan_in, fan_out, init, dtype):
+def _weight_scale(fan_in, fan_out, init):
+    """``(distribution, scale)`` of one layer's weights: ``scale · N(0, 1)`` or ``scale · U(−1, 1)``."""
     if init == "he":  # He/Kaiming normal: Var = 2 / fan_in, for ReLU
-        return jax.random.normal(key, (fan_in, fan_out), dtype) * math.sqrt(2.0 / fan_in)
+        return "normal", math.sqrt(2.0 / fan_in)
     if init == "glorot":  # Glorot normal: Var = 2 / (fan_in + fan_out)
-        return jax.random.normal(key, (fan_in, fan_out), dtype) * math.sqrt(2.0 / (fan_in + fan_out))
+        return "normal", math.sqrt(2.0 / (fan_in + fan_out))
     if init == "glorot_uniform":  # Keras' default: U(-l, l), l = sqrt(6 / (fan_in + fan_out))
-        lim = math.sqrt(6.0 / (fan_in + fan_out))
-        return jax.random.uniform(key, (fan_in, fan_out), dtype, -lim, lim)
+        return "uniform", math.sqrt(6.0 / (fan_in + fan_out))
     if init == "normal":  # N(0, 1): the naive init, for showing vanishing gradients
-        return jax.random.normal(key, (fan_in, fan_out), dtype)
+        return "normal", 1.0
     raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+
+
+def _standard_draw(key, kind, shape, dtype):
+    if kind == "normal":
+        return jax.random.normal(key, shape, dtype)
+    return jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+
+
+def _init_weight(key, fan_in, fan_out, init, dtype):
+    kind, scale = _weight_scale(fan_in, fan_out, init)
+    return _standard_draw(key, kind, (fan_in, fan_out), dtype) * scale
 
 
 def init_mlp(key, sizes: Sequence[int], *, init: str = "he", dtype=jnp.float32):
     """Parameters ``[(W1, b1), ..., (WL, bL)]`` with ``Wl: (sizes[l-1], sizes[l])``, zero biases.
 
+    All weights come from one draw of ``sum(fan_in·fan_out)`` standard normal (or uniform)
+    numbers, cut into layers and scaled per layer: one random kernel to compile instead of one
+    per layer shape (compiling JAX's threefry PRNG is the slow part of a small net's init).
+
     Args:
       key: a ``jax.random.key``.
       sizes: layer widths including input and output, e.g. ``(784, 256, 10)``.
-      init: ``"he"`` (ReLU), ``"glorot"``, ``"glorot_uniform"`` (Keras' default) or ``"normal"``.
+      init: ``"he"`` (ReLU: ``N(0, 2/fan_in)``), ``"glorot"`` (``N(0, 2/(fan_in+fan_out))``),
+        ``"glorot_uniform"`` (Keras' default: ``U(−l, l)``, ``l = sqrt(6/(fan_in+fan_out))``) or
+        ``"normal"`` (``N(0, 1)``, the naive init).
+      dtype: float dtype of the parameters.
     """
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must list at least input and output widths >= 1, got {sizes}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        (_init_weight(k, m, n, init, dtype), jnp.zeros((n,), dtype))
-        for k, m, n in zip(keys, sizes[:-1], sizes[1:])
-    ]
+    shapes = list(zip(sizes[:-1], sizes[1:]))
+    kind, _ = _weight_scale(*shapes[0], init)
+    flat = _standard_draw(key, kind, (sum(m * n for m, n in shapes),), dtype)
+    params, start = [], 0
+    for m, n in shapes:
+        _, scale = _weight_scale(m, n, init)
+        w = flat[start:start + m * n].reshape(m, n) * jnp.asarray(scale, dtype)
+        params.append((w, jnp.zeros((n,), dtype)))
+        start += m * n
+    return params
 
 
 def mlp_apply(params, x, *, activation: str = "relu"):
