@@ -112,9 +112,13 @@ def forward_difference(f: Callable, x, *, h=None):
     flat, unravel = _flat_float(x)
     g = _scalar_output(lambda v: f(unravel(v)))
     hs = _steps(flat, h, "forward")
-    f0 = g(flat)
-    f_plus = jax.vmap(lambda e: g(flat + e))(jnp.diag(hs))
-    return unravel((f_plus - f0) / hs)
+
+    @jax.jit  # one compiled program (inlined when called under an outer jit)
+    def quotients(flat, hs):
+        f_plus = jax.vmap(lambda e: g(flat + e))(jnp.diag(hs))
+        return (f_plus - g(flat)) / hs
+
+    return unravel(quotients(flat, hs))
 
 
 def central_difference(f: Callable, x, *, h=None):
@@ -136,9 +140,13 @@ def central_difference(f: Callable, x, *, h=None):
     flat, unravel = _flat_float(x)
     g = _scalar_output(lambda v: f(unravel(v)))
     hs = _steps(flat, h, "central")
-    steps = jnp.diag(hs)
-    diff = jax.vmap(lambda e: g(flat + e) - g(flat - e))(steps)
-    return unravel(diff / (2 * hs))
+
+    @jax.jit
+    def quotients(flat, hs):
+        diff = jax.vmap(lambda e: g(flat + e) - g(flat - e))(jnp.diag(hs))
+        return diff / (2 * hs)
+
+    return unravel(quotients(flat, hs))
 
 
 def complex_step(f: Callable, x, *, h: float = 1e-20):
@@ -176,9 +184,12 @@ def complex_step(f: Callable, x, *, h: float = 1e-20):
         parts = [v[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(shapes))]
         return jax.tree_util.tree_unflatten(treedef, parts)
 
-    steps = jnp.diag(jnp.full(flat.shape, h, dtype=flat.dtype)) * 1j
-    imag = jax.vmap(lambda e: g(z + e.astype(cdtype)))(steps)
-    return unravel((imag / h).astype(flat.dtype))
+    @jax.jit
+    def quotients(z, h):
+        steps = jnp.diag(jnp.full(z.shape, h, dtype=flat.dtype)).astype(cdtype) * 1j
+        return (jax.vmap(lambda e: g(z + e))(steps) / h).astype(flat.dtype)
+
+    return unravel(quotients(z, jnp.asarray(h, flat.dtype)))
 
 
 def difference_quotient(f: Callable, x, h, method: Method = "central"):
