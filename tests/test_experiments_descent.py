@@ -35,3 +35,23 @@ def test_linear_smoke(tmp_path):
 def test_linear_config_validation():
     with pytest.raises(ValueError, match="batch_size"):
         linear.Config(batch_size=0)
+
+
+def test_optimizers_smoke(tmp_path):
+    from experiments import optimizers
+
+    cfg = optimizers.Config(dim=4, quadratic_steps=40, rosenbrock_steps=40, logistic_steps=40,
+                            grid_points=3, stability_steps=300, stability_rounds=3,
+                            lr_find_steps=30, optimizers="gd")
+    summary = optimizers.run(cfg, tmp_path)
+    # theory: 2/λ_max with λ_max = condition = 1000 by construction (eigenvalues log-spaced to it)
+    assert summary["quadratic_lambda_max"] == pytest.approx(1000.0, rel=1e-3)
+    assert abs(summary["lr_max_measured_over_theory"] - 1) <= 0.02
+    assert set(summary["steps_to_tol"]) == {"quadratic", "rosenbrock", "logistic"}
+    assert set(summary["best_lr"]["rosenbrock"]) == {"gd"}
+    assert summary["table"].startswith("| optimizer |") and summary["table"].count("\n") == 2
+    assert summary["logistic_newton_grad_norm"] < 1e-8 and 0 < summary["lr_find_suggested_lr"]
+    for name in ("loss_vs_step", "rosenbrock_trajectories", "lr_find_logistic"):
+        assert (tmp_path / f"{name}.png").exists()
+    with pytest.raises(ValueError, match="optimizers"):
+        optimizers.Config(optimizers="gd,lbfgs")
