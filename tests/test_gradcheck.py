@@ -274,3 +274,11 @@ def test_bad_arguments():
         check_grads(f, x, argnums=2)
     with pytest.raises(ValueError, match="not finite"):
         check_grads(lambda x: jnp.sum(jnp.log(x - 2.0)), x)
+
+
+def test_auto_picks_directional_for_large_inputs_and_accepts_python_scalars():
+    big = jnp.asarray(np.random.default_rng(1).standard_normal(jaxcalc.gradcheck.FULL_MAX + 1))
+    report = check_grads(lambda x: jnp.sum(jnp.tanh(x) ** 2), big, modes=("rev",))
+    assert [r.method for r in report.results] == ["directional"]
+    scalar = check_grads(lambda w, b: jnp.sin(w) * b, 0.3, 2.0, argnums=(0, 1))
+    assert set(scalar.rel_errors()) == {"w", "b"} and scalar.results[0].index == ()
