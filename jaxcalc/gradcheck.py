@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxcalc.derivatives import default_step
 from jaxcalc.errors import GradientCheckError
 
 __all__ = ["check_grads", "GradCheckReport", "LeafResult", "DEFAULT_RTOL", "FULL_MAX"]
@@ -229,12 +230,6 @@ def _flat_function(f, args, argnums, names):
 
 def _rel_err(a, b, floor):
     return np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-
-
-def _central_steps(x):
-    eps = float(jnp.finfo(x.dtype).eps)
-    h = eps ** (1.0 / 3.0) * jnp.maximum(1.0, jnp.abs(x))
-    return (x + h) - x
 
 
 def _full_matrices(F, x0, hs, modes):
@@ -430,7 +425,7 @@ def check_grads(
             raise _custom_vjp_hint(e, modes) from e
         use_full = method == "full" or (method == "auto" and x0.size <= FULL_MAX and m <= FULL_MAX)
         k_tangent, k_cot, k_dirs = jax.random.split(key, 3)
-        hs = jnp.full_like(x0, eps) if eps is not None else _central_steps(x0)
+        hs = jnp.full_like(x0, eps) if eps is not None else default_step(x0, "central")
 
         def second(mode):
             """The function whose derivative is the order-2 check: a JVP along ``t`` or a VJP of ``w``."""

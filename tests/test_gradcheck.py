@@ -107,6 +107,7 @@ LOSS_CASES = {
 
 def test_every_loss_is_covered():
     assert set(LOSS_CASES) == set(losses.__all__)
+    assert jaxcalc.check_grads is check_grads  # the top-level name
 
 
 @pytest.mark.parametrize("name", sorted(LOSS_CASES))
