@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> fit settings (jaxcalc.models.recommender.fit keywords); "als" is the experiment's default
 # method with the L2 weight its validation split picks on the synthetic data (0.2).
 JAX_METHODS = {
-    "als": dict(method="als", factors=10, epochs=15, reg=0.2),
+    "als": dict(method="als", factors=10, epochs=8, reg=0.2),
     "minibatch": dict(method="minibatch", factors=10, epochs=15, lr=0.01, reg=0.2, batch_size=4096),
     "fullbatch": dict(method="fullbatch", factors=10, epochs=200, lr=0.05, reg=0.2),
     "sgd (Surprise preset)": dict(method="sgd", factors=100, epochs=20, lr=0.005, reg=0.02, init_scale=0.1),
