@@ -15,7 +15,7 @@ Two paths compute the same things:
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
