@@ -109,10 +109,11 @@ def test_one_sgd_step_is_half_the_loss_gradient(small):
         np.testing.assert_allclose(res.params[name], params[name] - 0.1 * 0.5 * g[name], rtol=1e-5, atol=1e-7)
 
 
-def test_fullbatch_gd_step_equals_loss_gradient_step(small):
+@pytest.mark.parametrize("dense_limit", [2 ** 25, 0])  # dense (U, I) products; gathers + scatter-add
+def test_fullbatch_gd_step_equals_loss_gradient_step(small, dense_limit):
     batch, params = small
     res = rec.fit(batch, 30, 20, method="fullbatch", optimizer="sgd", epochs=1, lr=0.5, reg=0.1,
-                  params=params, key=jax.random.key(0))
+                  params=params, key=jax.random.key(0), dense_limit=dense_limit)
     g = jax.grad(rec.loss)(params, batch, reg=0.1)
     for name in ("user_bias", "item_bias", "user_factors", "item_factors"):
         np.testing.assert_allclose(res.params[name], params[name] - 0.5 * g[name], rtol=1e-5, atol=1e-6)

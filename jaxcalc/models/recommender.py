@@ -294,6 +294,32 @@ def _minibatch_epoch(table, opt_state, key, mu, rows_u, rows_i, ratings, lr, reg
     return table, opt_state, jnp.mean(losses)
 
 
+@functools.partial(jax.jit, static_argnames=("optimizer", "num_users"), donate_argnums=(0, 1))
+def _dense_gd_epoch(table, opt_state, mu, mask, rmat, counts_u, counts_i, lr, reg, reg_bias, *,
+                    optimizer, num_users):
+    """One full-batch step on the dense ``(U, I)`` layout: the same objective as :func:`loss`
+    over all ratings, as masked matrix products (no gathers or scatters at all).
+
+    ``Σ_r reg‖p_u‖²`` over ratings is ``Σ_u n_u reg‖p_u‖²``: the per-rating penalty becomes
+    a count-weighted one.
+    """
+    tx = _direction(optimizer)
+    U = num_users
+    n = jnp.sum(counts_u)
+
+    def objective(t):
+        P, bu, Q, bi = t[:U, :-1], t[:U, -1], t[U:, :-1], t[U:, -1]
+        centred = bu[:, None] + bi[None, :] + P @ Q.T  # r̂ − μ
+        sq = jnp.sum(squared_error(mask * centred, rmat))  # rmat = mask·(r − μ): zero where unrated
+        pen = (reg * (counts_u @ jnp.sum(P * P, axis=1) + counts_i @ jnp.sum(Q * Q, axis=1))
+               + reg_bias * (counts_u @ (bu * bu) + counts_i @ (bi * bi)))
+        return (sq + pen) / n
+
+    value, grad = jax.value_and_grad(objective)(table)
+    direction, opt_state = tx.update(grad, opt_state, table)
+    return table - lr * direction, opt_state, value
+
+
 # --------------------------------------------------------------------------- ALS
 
 
@@ -474,8 +500,11 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
       on_epoch: optional ``f(epoch, params) -> dict`` called after each epoch (its time is
         excluded from ``fit_seconds``); the dicts are returned in ``epoch_metrics``.
       chunk: sparse ALS accumulation chunk (memory ``chunk·(k+1)²`` floats).
-      dense_limit: ALS builds its normal equations with dense ``(U, I)`` GEMMs when
-        ``U·I`` is at most this (ml-100k, ml-1m); bigger sets use chunked scatter-adds.
+      dense_limit: ALS builds its normal equations, and full batch its gradient, with dense
+        ``(U, I)`` matrix products when ``U·I`` is at most this (ml-100k, ml-1m); bigger sets
+        use chunked scatter-adds (ALS) or gathers + one scatter-add (full batch).
+      spectral_init: ALS (dense path, no ``params`` given) starts from the top singular
+        vectors of the centred rating matrix (see ``_spectral_init``).
 
     Returns:
       :class:`FitResult`.
@@ -526,6 +555,18 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         exe, compile_s = _compiled(_als_epoch, table, mu, ju, ji, r, mats, *hyper, num_users=num_users,
                                    chunk=min(chunk, ratings.size))
         step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)  # noqa: E731
+    elif method == "fullbatch" and num_users * num_items <= dense_limit:
+        ju, ji = jnp.asarray(users), jnp.asarray(items)
+        mats = _dense_ratings(ju, ji, r, mu, num_users=num_users, num_items=num_items)
+        counts = (jnp.sum(mats[0], axis=1), jnp.sum(mats[0], axis=0))
+        state = [_direction(optimizer).init(table)]
+        args = (*mats, *counts, f32(lr)) + hyper
+        exe, compile_s = _compiled(_dense_gd_epoch, table, state[0], mu, *args, optimizer=optimizer,
+                                   num_users=num_users)
+
+        def step(t, e):
+            t, state[0], value = exe(t, state[0], mu, *args)
+            return t, value
     else:
         b = ratings.size if method == "fullbatch" else min(batch_size, ratings.size)
         state = [_direction(optimizer).init(table)]
