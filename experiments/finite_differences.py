@@ -19,7 +19,7 @@ least-squares fits in log-log on each side of the best h. Each sweep is one jitt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +39,12 @@ FUNCTIONS = ("exp", "sin", "network")
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    x: float = 1.0            # the point for exp and sin
-    num_steps: int = 97       # step sizes on a log grid from h_min to h_max
-    h_min: float = 1e-16
-    h_max: float = 1.0
-    hidden: int = 8           # width of the tanh MLP in the network loss
-    num_examples: int = 16    # examples in the network loss
+    x: float = field(default=1.0, metadata={"help": "the point where exp and sin are differentiated"})
+    num_steps: int = field(default=97, metadata={"help": "step sizes on a log grid from h_min to h_max"})
+    h_min: float = field(default=1e-16, metadata={"help": "smallest step"})
+    h_max: float = field(default=1.0, metadata={"help": "largest step"})
+    hidden: int = field(default=8, metadata={"help": "width of the tanh MLP in the network loss"})
+    num_examples: int = field(default=16, metadata={"help": "examples in the network loss"})
 
     def __post_init__(self):
         if not math.isfinite(self.x) or abs(self.x) > 50:

@@ -18,7 +18,7 @@ reference is above ``tiny / eps`` (below it even a correct float32 result has lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import jax
@@ -33,9 +33,11 @@ NAME = "stability"
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    s_max: float = 200.0        # sweep inputs s in [0, s_max]
-    num_points: int = 4001      # grid points (the first failure is then refined between two of them)
+    dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "precision of the naive and stable forms"})
+    s_max: float = field(default=200.0, metadata={"help": "sweep inputs s in [0, s_max]"})
+    num_points: int = field(default=4001, metadata={
+        "help": "grid points (the first failure is then refined between two of them)"})
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float16", "bfloat16"):
