@@ -2,8 +2,9 @@
 
 Data: ``--data-dir`` (or ``$JAXCALC_DATA``) holding CIFAR-10 (Python or binary batches) or a
 folder of images ``train/<class>/*``, ``test/<class>/*``; without it, scikit-learn's bundled
-8x8 digits. The model is :class:`jaxcalc.models.cnn.CNN`, split once into ``(apply, params)``;
-training is one jitted step (``value_and_grad`` of the cross-entropy, Adam update, metrics)
+8x8 digits. Pixels are scaled to ``[0, 1]`` and standardised per channel with the training
+set's mean and std. The model is :class:`jaxcalc.models.cnn.CNN`, split once into
+``(apply, params)``; training is Adam (cosine-decayed learning rate by default) as one jitted step (``value_and_grad`` of the cross-entropy, Adam update, metrics)
 scanned over a device-resident, shuffled epoch in chunks, so a tqdm bar can advance between
 chunks. After every epoch a checkpoint (params, optimizer state, step, PRNG key, config and the
 metrics so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the latest
@@ -45,7 +46,7 @@ class Config:
     data_dir: Optional[str] = dataclasses.field(
         default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "
                                         "image folders; default $JAXCALC_DATA, else sklearn's digits"})
-    epochs: int = dataclasses.field(default=20, metadata={"help": "passes over the training set"})
+    epochs: int = dataclasses.field(default=30, metadata={"help": "passes over the training set"})
     batch_size: int = dataclasses.field(default=32, metadata={"help": "images per step"})
     lr: float = dataclasses.field(default=3e-3, metadata={"help": "Adam's (peak) learning rate"})
     lr_schedule: Literal["cosine", "constant"] = dataclasses.field(
@@ -80,12 +81,14 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int):
     loss_fn = make_loss(apply)
     scale = 1.0 / max_value
 
-    def to_float(x):
-        return x.astype(jnp.float32) * scale
+    def to_float(x, norm):
+        """uint8 ``(n, h, w, c)`` -> float, standardised per channel: ``(x / max_value - mean) / std``."""
+        mean, std = norm
+        return (x.astype(jnp.float32) * scale - mean[None, None, None, :]) / std[None, None, None, :]
 
     optimizer = make_optimizer()
 
-    def train_chunk(params, opt_state, x_all, y_all, plan, valid, drop_key, chunk_index, sched):
+    def train_chunk(params, opt_state, x_all, y_all, plan, valid, drop_key, chunk_index, sched, norm):
         """Run ``chunk`` steps of the epoch plan starting at step ``chunk_index * chunk``.
 
         Steps past the end of the epoch (``valid`` false) leave the state untouched. ``sched`` is
@@ -103,7 +106,7 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int):
             batch_idx, is_valid, step_no = inp
 
             def do(_):
-                batch = {"x": to_float(x_all[batch_idx]), "y": y_all[batch_idx]}
+                batch = {"x": to_float(x_all[batch_idx], norm), "y": y_all[batch_idx]}
                 key = jax.random.fold_in(drop_key, step_no)
                 t = (first_step + step_no).astype(jnp.float32) / total_steps.astype(jnp.float32)
                 lr = jnp.where(cosine, peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * t)), peak_lr)
@@ -121,12 +124,12 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int):
         (params, opt_state), (loss, correct) = jax.lax.scan(step, (params, opt_state), (idx, ok, steps))
         return params, opt_state, jnp.sum(loss), jnp.sum(correct)
 
-    def evaluate(params, x, y, mask):
+    def evaluate(params, x, y, mask, norm):
         """Mean loss, accuracy and predictions over ``x`` padded to ``(k, EVAL_BATCH, h, w, c)``."""
 
         def body(_, inp):
             xb, yb, mb = inp
-            logits = apply(params, to_float(xb), train=False)
+            logits = apply(params, to_float(xb, norm), train=False)
             per_example = losses.softmax_cross_entropy_with_integer_labels(logits, yb)
             pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             return None, (jnp.sum(jnp.where(mb, per_example, 0.0)), jnp.sum(mb & (pred == yb)), pred)
@@ -174,9 +177,18 @@ def _spec_for(data: ImageDataset) -> CNNSpec:
     return CNNSpec(height=h, width=w, channels=c, num_classes=data.num_classes)
 
 
+def channel_stats(data: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of the training images scaled to ``[0, 1]``: ``(c,)`` each."""
+    x = data.x_train.reshape(-1, data.image_shape[-1]).astype(np.float64) / data.max_value
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
 def _model_meta(data: ImageDataset, spec: CNNSpec) -> dict:
+    mean, std = channel_stats(data)
     return {"spec": dataclasses.asdict(spec), "class_names": list(data.class_names),
-            "max_value": data.max_value, "dataset": data.name}
+            "max_value": data.max_value, "dataset": data.name,
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def run(config: Config, out_dir) -> dict:
@@ -234,14 +246,15 @@ def run(config: Config, out_dir) -> dict:
 
         x_train, y_train = jax.device_put(data.x_train), jax.device_put(data.y_train)
         x_eval, y_eval, m_eval = _pad_eval(data.x_test, data.y_test)
+        norm = tuple(jnp.asarray(v) for v in channel_stats(data))
         t0 = time.perf_counter()
         shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape)
         if shapes not in _COMPILED:  # compile ahead of time, once per shape, so timings exclude it
             _COMPILED[shapes] = (
                 train_chunk.lower(params, opt_state, x_train, y_train,
                                   *_plan(train_key, n_train, config.batch_size, n_chunks * chunk),
-                                  train_key, 0, _sched(config, 0, steps)).compile(),
-                evaluate.lower(params, x_eval, y_eval, m_eval).compile(),
+                                  train_key, 0, _sched(config, 0, steps), norm).compile(),
+                evaluate.lower(params, x_eval, y_eval, m_eval, norm).compile(),
             )
         compiled_train, compiled_eval = _COMPILED[shapes]
         compile_seconds = time.perf_counter() - t0
@@ -259,7 +272,7 @@ def run(config: Config, out_dir) -> dict:
                       file=sys.stderr, disable=None) as bar:
                 for c in range(n_chunks):
                     params, opt_state, ls, cs = compiled_train(params, opt_state, x_train, y_train, plan, valid,
-                                                               drop_key, c, _sched(config, step, steps))
+                                                               drop_key, c, _sched(config, step, steps), norm)
                     loss_sum, correct = loss_sum + ls, correct + cs
                     done = min((c + 1) * chunk, steps)
                     bar.set_postfix(loss=f"{float(ls) / (done - c * chunk):.4f}")
@@ -267,7 +280,7 @@ def run(config: Config, out_dir) -> dict:
             train_seconds += time.perf_counter() - t_epoch
             images_trained += steps * config.batch_size
             step += steps
-            test_loss, test_acc, _ = compiled_eval(params, x_eval, y_eval, m_eval)
+            test_loss, test_acc, _ = compiled_eval(params, x_eval, y_eval, m_eval, norm)
             row = {"epoch": epoch, "step": step,
                    "train_loss": float(loss_sum) / steps,
                    "train_accuracy": int(correct) / (steps * config.batch_size),
@@ -285,7 +298,7 @@ def run(config: Config, out_dir) -> dict:
     finally:
         ckpt.close()
 
-    test_loss, test_acc, pred = compiled_eval(params, x_eval, y_eval, m_eval)
+    test_loss, test_acc, pred = compiled_eval(params, x_eval, y_eval, m_eval, norm)
     pred = np.asarray(pred)[: data.y_test.shape[0]]
     _plots(writer, history, data, pred)
     summary = {
@@ -388,10 +401,12 @@ def load_predictor(checkpoint_dir: Path | str):
     finally:
         ckpt.close()
     params = trees["params"]
+    mean = jnp.asarray(meta["model"]["mean"], jnp.float32)[None, None, None, :]
+    std = jnp.asarray(meta["model"]["std"], jnp.float32)[None, None, None, :]
 
     @jax.jit
     def predict_probs(images):
-        return jax.nn.softmax(apply(params, images, train=False), axis=-1)
+        return jax.nn.softmax(apply(params, (images - mean) / std, train=False), axis=-1)
 
     return predict_probs, meta
 
@@ -416,8 +431,8 @@ def predict_command(argv) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"jaxcalc predict: error: {e}", file=sys.stderr)
         return 2
-    # The model sees intensities in [0, 1] (training divided by the data's max_value: 255, or 16
-    # for digits); image files hold 0..255.
+    # Training scaled pixels to [0, 1] (divided by the data's max_value: 255, or 16 for digits);
+    # image files hold 0..255. predict_probs then standardises with the training mean and std.
     probs = np.asarray(predict_probs(jnp.asarray(images, jnp.float32) / 255.0))
     names = m["class_names"]
     top = max(1, min(args.top, len(names)))
