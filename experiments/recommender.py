@@ -140,15 +140,8 @@ def _load(config: Config, key):
         info = {"data": f"synthetic {config.users}x{config.items}, rank {config.rank}, noise {config.noise}"}
     k_split = jax.random.fold_in(key, 1)
     if config.folds > 1:
-        import numpy as _np
-
-        out = []
-        perm_folds = list(ml.kfold_splits(data, folds=config.folds, key=k_split))
-        # recover the test indices for the noise floor
-        perm = ml._np_rng(k_split).permutation(len(data))
-        for (tr, te), idx in zip(perm_folds, _np.array_split(perm, config.folds)):
-            out.append((tr, te, None if expected is None else expected[_np.sort(idx)]))
-        return out, info
+        return [(tr, te, None if expected is None else expected[ite])
+                for tr, te, _, ite in ml.kfold_splits(data, folds=config.folds, key=k_split, return_index=True)], info
     tr, te, _, ite = ml.random_split(data, test_fraction=config.test_fraction, key=k_split, return_index=True)
     return [(tr, te, None if expected is None else expected[ite])], info
 

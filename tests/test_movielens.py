@@ -161,8 +161,10 @@ def test_per_user_split_holds_out_a_fraction_of_each_user(synthetic):
 def test_kfold_test_sets_are_disjoint_and_cover(synthetic):
     d = synthetic.data
     seen = []
-    for tr, te in ml.kfold_splits(d, folds=4, key=jax.random.key(5)):
+    for tr, te, itr, ite in ml.kfold_splits(d, folds=4, key=jax.random.key(5), return_index=True):
         assert len(tr) + len(te) == len(d)
+        np.testing.assert_array_equal(te.ratings, d.ratings[ite])
+        np.testing.assert_array_equal(tr.users, d.users[itr])
         seen.append(te.users.astype(np.int64) * 50 + te.items)
     allkeys = np.concatenate(seen)
     assert allkeys.size == len(d) == np.unique(allkeys).size

@@ -330,8 +330,9 @@ def per_user_split(data: Ratings, *, test_fraction: float = 0.2, key, return_ind
     return out + (tr, te) if return_index else out
 
 
-def kfold_splits(data: Ratings, *, folds: int, key) -> Iterator[tuple[Ratings, Ratings]]:
-    """``folds`` disjoint random test sets covering all ratings; yields ``(train, test)``."""
+def kfold_splits(data: Ratings, *, folds: int, key, return_index: bool = False) -> Iterator[tuple]:
+    """``folds`` disjoint random test sets covering all ratings; yields ``(train, test)``
+    (with ``return_index``, also ``(train_index, test_index)``)."""
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     if folds > len(data):
@@ -340,7 +341,8 @@ def kfold_splits(data: Ratings, *, folds: int, key) -> Iterator[tuple[Ratings, R
     for chunk in np.array_split(perm, folds):
         mask = np.zeros(len(data), bool)
         mask[chunk] = True
-        yield data.subset(~mask), data.subset(mask)
+        out = (data.subset(~mask), data.subset(mask))
+        yield out + (np.flatnonzero(~mask), np.flatnonzero(mask)) if return_index else out
 
 
 # --------------------------------------------------------------------------- synthetic data
