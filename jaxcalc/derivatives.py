@@ -40,17 +40,66 @@ _EXPONENT = {"forward": 1.0 / 2.0, "central": 1.0 / 3.0}
 
 
 def _flat_float(x, what: str = "x"):
-    """Ravel a pytree of real floating arrays into one vector; refuse integers and complex."""
-    leaves = jax.tree_util.tree_leaves(x)
-    if not leaves:
+    """Ravel a pytree of real floating arrays into one vector; refuse integers and complex.
+
+    Returns ``(flat, spec)``: ``spec = (treedef, shapes, dtypes)`` is hashable, so the compiled
+    difference kernels below are cached per ``(f, spec)``.
+    """
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(x)
+    if not with_path:
         raise ValueError(f"{what} has no array leaves to differentiate")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(x):
+    for path, leaf in with_path:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
             where = jax.tree_util.keystr(path) or "<root>"
             raise TypeError(f"{what}{where} must be real floating-point to differentiate, got dtype {dtype}")
-    flat, unravel = ravel_pytree(x)
-    return flat, unravel
+    flat = ravel_pytree(x)[0]
+    leaves = [leaf for _, leaf in with_path]
+    spec = (treedef, tuple(tuple(np.shape(v)) for v in leaves), tuple(jnp.result_type(v) for v in leaves))
+    return flat, spec
+
+
+def _unflatten(spec, flat, cast: bool = True):
+    """Inverse of :func:`_flat_float`; ``cast=False`` keeps ``flat``'s dtype (complex steps)."""
+    treedef, shapes, dtypes = spec
+    out, i = [], 0
+    for shape, dtype in zip(shapes, dtypes):
+        size = int(np.prod(shape, dtype=int))
+        leaf = flat[i:i + size].reshape(shape)
+        out.append(leaf.astype(dtype) if cast else leaf)
+        i += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _quotients_impl(flat, hs, *, f, spec, method):
+    """All ``n`` difference quotients as one vmap over the coordinates (``e_i h_i`` = rows of diag(h))."""
+
+    def g(v):
+        out = f(_unflatten(spec, v, cast=method != "complex"))
+        if jnp.ndim(out) != 0:
+            raise ValueError(f"f must return a scalar to take a gradient, got shape {jnp.shape(out)}")
+        return jnp.imag(out) if method == "complex" else out
+
+    if method == "forward":
+        return (jax.vmap(lambda e: g(flat + e))(jnp.diag(hs)) - g(flat)) / hs
+    if method == "central":
+        return jax.vmap(lambda e: g(flat + e) - g(flat - e))(jnp.diag(hs)) / (2 * hs)
+    cdtype = jnp.result_type(flat.dtype, jnp.complex64)
+    z = flat.astype(cdtype)
+    steps = jnp.diag(hs).astype(cdtype) * 1j
+    return (jax.vmap(lambda e: g(z + e))(steps) / hs).astype(flat.dtype)
+
+
+_quotients_cached = jax.jit(_quotients_impl, static_argnames=("f", "spec", "method"))
+
+
+def _quotients(f, flat, hs, spec, method):
+    """Compiled once per ``(f, structure of x, method)``; a fresh jit when ``f`` is not hashable."""
+    try:
+        hash(f)
+    except TypeError:
+        return jax.jit(lambda flat, hs: _quotients_impl(flat, hs, f=f, spec=spec, method=method))(flat, hs)
+    return _quotients_cached(flat, hs, f=f, spec=spec, method=method)
 
 
 def default_step(x, method: Literal["forward", "central"] = "central"):
@@ -73,16 +122,6 @@ def default_step(x, method: Literal["forward", "central"] = "central"):
     eps = float(jnp.finfo(x.dtype).eps)
     h = eps ** _EXPONENT[method] * jnp.maximum(1.0, jnp.abs(x)).astype(x.dtype)
     return (x + h) - x
-
-
-def _scalar_output(f, what="f"):
-    def g(x):
-        out = f(x)
-        if jnp.ndim(out) != 0:
-            raise ValueError(f"{what} must return a scalar to take a gradient, got shape {jnp.shape(out)}")
-        return out
-
-    return g
 
 
 def _steps(flat, h, method):
@@ -109,16 +148,9 @@ def forward_difference(f: Callable, x, *, h=None):
     >>> float(forward_difference(jnp.exp, 1.0))   # e = 2.71828...   # doctest: +SKIP
     2.7182...
     """
-    flat, unravel = _flat_float(x)
-    g = _scalar_output(lambda v: f(unravel(v)))
+    flat, spec = _flat_float(x)
     hs = _steps(flat, h, "forward")
-
-    @jax.jit  # one compiled program (inlined when called under an outer jit)
-    def quotients(flat, hs):
-        f_plus = jax.vmap(lambda e: g(flat + e))(jnp.diag(hs))
-        return (f_plus - g(flat)) / hs
-
-    return unravel(quotients(flat, hs))
+    return _unflatten(spec, _quotients(f, flat, hs, spec, "forward"))
 
 
 def central_difference(f: Callable, x, *, h=None):
@@ -137,16 +169,9 @@ def central_difference(f: Callable, x, *, h=None):
       returns ``(h − 0) / 2h = 0.5``, while ``jax.grad(jax.nn.relu)(0.0) = 0``. Neither is "the"
       derivative, which does not exist there.
     """
-    flat, unravel = _flat_float(x)
-    g = _scalar_output(lambda v: f(unravel(v)))
+    flat, spec = _flat_float(x)
     hs = _steps(flat, h, "central")
-
-    @jax.jit
-    def quotients(flat, hs):
-        diff = jax.vmap(lambda e: g(flat + e) - g(flat - e))(jnp.diag(hs))
-        return diff / (2 * hs)
-
-    return unravel(quotients(flat, hs))
+    return _unflatten(spec, _quotients(f, flat, hs, spec, "central"))
 
 
 def complex_step(f: Callable, x, *, h: float = 1e-20):
@@ -164,32 +189,9 @@ def complex_step(f: Callable, x, *, h: float = 1e-20):
     Returns:
       The gradient, same structure and dtype as ``x``.
     """
-    flat, unravel = _flat_float(x)
-    cdtype = jnp.result_type(flat.dtype, jnp.complex64)
-    z = flat.astype(cdtype)
-
-    def g(v):
-        out = f(unravel_c(v))
-        if jnp.ndim(out) != 0:
-            raise ValueError(f"f must return a scalar to take a gradient, got shape {jnp.shape(out)}")
-        return jnp.imag(out)
-
-    # ravel_pytree's unravel casts back to the original dtypes; rebuild complex leaves ourselves.
-    leaves, treedef = jax.tree_util.tree_flatten(x)
-    shapes = [np.shape(leaf) for leaf in leaves]
-    sizes = [int(np.prod(s)) for s in shapes]
-    offsets = np.cumsum([0] + sizes)
-
-    def unravel_c(v):
-        parts = [v[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(shapes))]
-        return jax.tree_util.tree_unflatten(treedef, parts)
-
-    @jax.jit
-    def quotients(z, h):
-        steps = jnp.diag(jnp.full(z.shape, h, dtype=flat.dtype)).astype(cdtype) * 1j
-        return (jax.vmap(lambda e: g(z + e))(steps) / h).astype(flat.dtype)
-
-    return unravel(quotients(z, jnp.asarray(h, flat.dtype)))
+    flat, spec = _flat_float(x)
+    hs = jnp.full(flat.shape, h, dtype=flat.dtype)
+    return _unflatten(spec, _quotients(f, flat, hs, spec, "complex"))
 
 
 def difference_quotient(f: Callable, x, h, method: Method = "central"):
