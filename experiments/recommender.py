@@ -60,7 +60,8 @@ class Config:
     preset: Optional[str] = dataclasses.field(default=None, metadata={"help": "'surprise': Surprise's SVD"})
     folds: int = 1
     test_fraction: float = 0.2
-    top: int = 10
+    split: Literal["random", "per_user"] = dataclasses.field(
+        default="random", metadata={"help": "random, or per_user (hold out a fraction of each user's ratings)"})
     # synthetic data (used when neither --ratings nor --train/--test is given)
     users: int = 943
     items: int = 1682
@@ -77,7 +78,7 @@ class Config:
             raise ValueError("--train and --test go together")
         if self.preset not in (None, "surprise"):
             raise ValueError(f"unknown preset {self.preset!r}; valid: surprise")
-        for name in ("factors", "epochs", "batch_size", "users", "items", "rank", "top", "folds"):
+        for name in ("factors", "epochs", "batch_size", "users", "items", "rank", "folds"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -142,7 +143,8 @@ def _load(config: Config, key):
     if config.folds > 1:
         return [(tr, te, None if expected is None else expected[ite])
                 for tr, te, _, ite in ml.kfold_splits(data, folds=config.folds, key=k_split, return_index=True)], info
-    tr, te, _, ite = ml.random_split(data, test_fraction=config.test_fraction, key=k_split, return_index=True)
+    splitter = ml.random_split if config.split == "random" else ml.per_user_split
+    tr, te, _, ite = splitter(data, test_fraction=config.test_fraction, key=k_split, return_index=True)
     return [(tr, te, None if expected is None else expected[ite])], info
 
 
@@ -280,7 +282,8 @@ def run(config: Config, out_dir) -> dict:
         curves.append(res.epoch_metrics)
 
     summary = dict(results[0]) if len(results) == 1 else _fold_summary(results)
-    summary.update({"method": s["method"], "factors": s["factors"], "epochs": s["epochs"], "lr": s["lr"],
+    summary.update({"method": s["method"], "factors": s["factors"], "epochs": s["epochs"],
+                    "lr": None if s["method"] == "als" else s["lr"],
                     "preset": config.preset, "device": str(jax.devices()[0])}, **info)
     if selection is not None:
         summary.update(selection)

@@ -11,7 +11,7 @@ KEYS = {"test_rmse", "test_mae", "global_mean_rmse", "bias_only_rmse", "fit_seco
 
 
 def test_run_synthetic_writes_keys_and_plots(tmp_path):
-    cfg = exp.Config(users=40, items=30, density=0.3, epochs=3, factors=2, reg=0.1)
+    cfg = exp.Config(users=40, items=30, density=0.3, epochs=3, factors=2, reg=0.1, split="per_user")
     summary = exp.run(cfg, tmp_path)
     assert KEYS <= set(summary)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -22,6 +22,8 @@ def test_run_synthetic_writes_keys_and_plots(tmp_path):
     assert summary["train_ratings"] + summary["test_ratings"] == 40 * 20  # 20 ratings per user at least, as ml-100k
     assert summary["test_rmse"] < summary["global_mean_rmse"]
     assert 0 <= summary["precision_at_10"] <= 1
+    assert summary["unseen_test_users"] == 0  # per-user holdout keeps every user in training
+    assert summary["test_ratings"] == 40 * 4  # floor(0.2 * 20) held out per user
 
 
 def test_run_given_train_test_files_counts_unseen(tmp_path):
