@@ -167,6 +167,12 @@ def cmd_run(argv) -> int:
     if not args.no_cache:
         enable_compilation_cache()
     out = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    import jax
+
+    if jax.process_index() != 0:  # on several hosts only process 0 writes the run folder
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix=f"jaxcalc-p{jax.process_index()}-"))
     start = time.perf_counter()
     try:
         summary = module.run(config, out)
@@ -220,6 +226,13 @@ def main(argv=None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         return _fail("jaxcalc", f"unknown command {cmd!r}; valid commands: {', '.join(COMMANDS)}")
+    if cmd in ("run", "info") and not any(a in ("-h", "--help") for a in rest):
+        from jaxcalc import parallel
+
+        try:  # several hosts: connect them before any other JAX call (a no-op on one host)
+            parallel.initialize_distributed()
+        except ValueError as e:
+            return _fail("jaxcalc", str(e))
     return COMMANDS[cmd](rest)
 
 
