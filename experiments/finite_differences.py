@@ -192,6 +192,7 @@ def run(config: Config, out_dir) -> dict:
     table += [f"| {f} | complex step (h=1e-20) | float64 | - | - | {summary[f'{f}_complex_step_error']:.1e} | "
               f"{np.finfo(np.float64).eps:.1e} | - | - |" for f in FUNCTIONS]
     print("\n".join(table))
+    summary["table_markdown"] = "\n".join(table)
 
     fig, axes = figure(1, len(FUNCTIONS), figsize=(5.2 * len(FUNCTIONS), 4.4), sharey=True)
     styles = {("forward", "float32"): ("C0", "--"), ("central", "float32"): ("C1", "--"),

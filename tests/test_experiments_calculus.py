@@ -42,6 +42,7 @@ def test_finite_differences_smoke(tmp_path, capsys):
     assert h_th == pytest.approx((2.0 ** -52) ** (1 / 3))
     assert h_th / 30 < summary["exp_central_float64_best_h"] < h_th * 30
     assert "| exp | central | float64 |" in capsys.readouterr().out
+    assert "| network | complex step (h=1e-20) | float64 |" in summary["table_markdown"]
 
 
 def test_finite_differences_config_validation():
