@@ -163,7 +163,7 @@ def _part_b(config: Config, writer: RunWriter) -> dict:
     ref = least_squares(data["x"], data["y"])
     ref_loss = float(mse_loss(ref, data))
     flat0, unravel = jax.flatten_util.ravel_pytree(p0)
-    hess = jax.hessian(lambda f: mse_loss(unravel(f), data))(flat0)
+    hess = jax.jit(jax.hessian(lambda f: mse_loss(unravel(f), data)))(flat0)
     eig = np.linalg.eigvalsh(np.asarray(hess, np.float64))
     lr_batch = float(1.0 / eig[-1])
     key = jax.random.key(config.seed)

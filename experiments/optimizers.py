@@ -277,7 +277,8 @@ def run(config: Config, out_dir) -> dict:
 
     # learning-rate stability of GD on the quadratic
     flat = jnp.ravel(q_x0)
-    lam_max = float(jnp.max(jnp.linalg.eigvalsh(jax.hessian(lambda v: quadratic_loss(v, q_data))(flat))))
+    hess = jax.jit(jax.hessian(quadratic_loss))(flat, q_data)
+    lam_max = float(np.max(np.linalg.eigvalsh(np.asarray(hess, np.float64))))
     theory = 2.0 / lam_max
     lo, hi, rounds = largest_stable_lr(quadratic_loss, q_x0, q_data, lo=config.grid_min,
                                        hi=config.grid_max, steps=config.stability_steps,
