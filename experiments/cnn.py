@@ -47,8 +47,8 @@ class Config:
         default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "
                                         "image folders; default $JAXCALC_DATA, else sklearn's digits"})
     epochs: int = dataclasses.field(default=30, metadata={"help": "passes over the training set"})
-    batch_size: int = dataclasses.field(default=32, metadata={"help": "images per step"})
-    lr: float = dataclasses.field(default=3e-3, metadata={"help": "Adam's (peak) learning rate"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "images per step"})
+    lr: float = dataclasses.field(default=2e-3, metadata={"help": "Adam's (peak) learning rate"})
     lr_schedule: Literal["cosine", "constant"] = dataclasses.field(
         default="cosine", metadata={"help": "cosine: decay lr to 0 over the run; constant: keep it"})
     resume: bool = dataclasses.field(
