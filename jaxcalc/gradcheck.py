@@ -20,6 +20,11 @@ are not compared relatively. Defaults: ``rtol = 1e-6`` (smooth functions in floa
 1e-9 .. 1e-11 here, so 1% or even 1e-4 errors fail loudly) and ``atol = 1e-9·max(1, |f(x)|)``
 (the round-off of the differences scales with ``|f|``).
 
+The whole check (``f(x)``, the finite differences, the JVPs and VJPs) is one compiled program,
+cached per function and argument structure: checking the same ``f`` again on same-shaped inputs
+(e.g. in a property-based test) does not recompile. Array arguments are traced; non-array ones
+(Python ints, strings) are static.
+
 Kinks: central differences straddle a kink and average the one-sided slopes. At exactly
 ``x = 0`` ReLU's central difference is ``(h − 0) / 2h = 0.5`` while ``jax.grad`` returns 0, so a
 check through a ReLU pre-activation that is exactly 0 (or within ``h`` of 0) fails; that is a
@@ -327,6 +332,59 @@ def _directional_results(ad, fd, segments, mode, order, rtol, atol, k):
     return results
 
 
+def _is_array_like(leaf) -> bool:
+    """Leaves passed to the compiled check as arguments; the rest (ints, strings, ...) are static."""
+    return hasattr(leaf, "dtype") or isinstance(leaf, (float, complex))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything static about one check: the compiled program is cached per plan (and shapes),
+    so repeated checks of the same function on same-shaped inputs compile once."""
+
+    f: Callable
+    treedef: object
+    static: tuple       # (position, value) of the non-array leaves of args
+    nargs: int          # number of leaves of args
+    argnums: tuple
+    modes: tuple
+    order: int
+    use_full: bool
+    eps: float | None
+    k: int
+    segments: tuple
+
+
+def _compute_impl(x0, dynamic, hs, extras, draws, *, plan: _Plan):
+    """One compiled program: f(x0), and per task the finite-difference and autodiff Jacobians (full)
+    or directional derivatives (directional)."""
+    leaves, it = [None] * plan.nargs, iter(dynamic)
+    static = dict(plan.static)
+    for i in range(plan.nargs):
+        leaves[i] = static[i] if i in static else next(it)
+    args = jax.tree_util.tree_unflatten(plan.treedef, leaves)
+    F = _flat_function(plan.f, args, plan.argnums, [f"args[{i}]" for i in range(len(args))])[0]
+    tasks = [("order1", F, plan.modes)]
+    if plan.order == 2:
+        for mode in plan.modes:
+            if mode == "fwd":
+                fn = lambda x: jax.jvp(F, (x,), (extras["t"],))[1]  # noqa: E731
+            else:
+                fn = lambda x: jax.vjp(F, x)[1](extras["w"])[0]  # noqa: E731
+            tasks.append((f"order2_{mode}", fn, (mode,)))
+    out = {"y0": F(x0)}
+    for name, fn, ms in tasks:
+        if plan.use_full:
+            out[name] = _full_matrices(fn, x0, hs, ms)
+        else:
+            out[name] = _directional_matrices(fn, x0, plan.segments, ms, plan.eps, extras["keys"][name], plan.k,
+                                              draws.get(name))
+    return out
+
+
+_compute_cached = jax.jit(_compute_impl, static_argnames=("plan",))
+
+
 def _message(report: GradCheckReport, f) -> str:
     bad = max(report.failures(), key=lambda r: r.rel_error)
     fname = getattr(f, "__name__", None) or type(f).__name__
@@ -426,41 +484,32 @@ def check_grads(
         use_full = method == "full" or (method == "auto" and x0.size <= FULL_MAX and m <= FULL_MAX)
         k_tangent, k_cot, k_dirs = jax.random.split(key, 3)
         hs = jnp.full_like(x0, eps) if eps is not None else default_step(x0, "central")
-
-        def second(mode):
-            """The function whose derivative is the order-2 check: a JVP along ``t`` or a VJP of ``w``."""
-            if mode == "fwd":
-                t = _draw_directions(k_tangent, 1, x0.size, 0)[0][0]
-                t = jnp.asarray(t / np.linalg.norm(t), x0.dtype)
-                return lambda x: jax.jvp(F, (x,), (t,))[1]
-            w = np.ones(m) if m == 1 else _draw_directions(k_cot, 1, 0, m)[1][0]
-            w = jnp.asarray(w, x0.dtype)
-            return lambda x: jax.vjp(F, x)[1](w)[0]
-
-        tasks = [("order1", F, modes)]
-        if order == 2:
-            tasks += [(f"order2_{mode}", second(mode), (mode,)) for mode in modes]
-        keys = {name: jax.random.fold_in(k_dirs, i) for i, (name, _, _) in enumerate(tasks)}
+        task_names = ["order1"] + ([f"order2_{mode}" for mode in modes] if order == 2 else [])
+        extras = {"keys": {name: jax.random.fold_in(k_dirs, i) for i, name in enumerate(task_names)}}
+        if order == 2:  # fixed random tangent t (fwd) / cotangent w (rev) of the order-2 functions
+            t = _draw_directions(k_tangent, 1, x0.size, 0)[0][0]
+            extras["t"] = jnp.asarray(t / np.linalg.norm(t), x0.dtype)
+            extras["w"] = jnp.asarray(np.ones(m) if m == 1 else _draw_directions(k_cot, 1, 0, m)[1][0], x0.dtype)
         draws = {}
         if not use_full:
             count = len(segments) * num_directions
-            for name, fn, _ in tasks:
-                m_out = int(np.prod(jax.eval_shape(fn, x0).shape, dtype=int))
+            for name in task_names:
+                m_out = x0.size if name == "order2_rev" else m
                 if count * (x0.size + m_out) <= DIRECTIONAL_VMAP_MAX:
-                    draws[name] = _draw_directions(keys[name], count, x0.size, m_out)
+                    draws[name] = _draw_directions(extras["keys"][name], count, x0.size, m_out)
 
-        def compute(x, draws):  # everything in one compiled program
-            out = {"y0": F(x)}
-            for name, fn, ms in tasks:
-                if use_full:
-                    out[name] = _full_matrices(fn, x, hs, ms)
-                else:
-                    out[name] = _directional_matrices(fn, x, segments, ms, eps, keys[name], num_directions,
-                                                      draws.get(name))
-            return out
-
+        leaves, treedef = jax.tree_util.tree_flatten(args64)
+        dynamic = [leaf for leaf in leaves if _is_array_like(leaf)]
+        static = tuple((i, leaf) for i, leaf in enumerate(leaves) if not _is_array_like(leaf))
+        plan = _Plan(f=f, treedef=treedef, static=static, nargs=len(leaves), argnums=nums, modes=modes,
+                     order=order, use_full=use_full, eps=eps, k=num_directions, segments=tuple(segments))
         try:
-            out = jax.jit(compute)(x0, draws)
+            hash(plan)
+            compute = _compute_cached
+        except TypeError:  # an unhashable f or non-array argument: compile for this call only
+            compute = jax.jit(_compute_impl, static_argnames=("plan",))
+        try:
+            out = compute(x0, dynamic, hs, extras, draws, plan=plan)
         except TypeError as e:
             raise _custom_vjp_hint(e, modes) from e
         out = jax.tree_util.tree_map(np.asarray, out)

@@ -283,3 +283,12 @@ def test_auto_picks_directional_for_large_inputs_and_accepts_python_scalars():
     assert [r.method for r in report.results] == ["directional"]
     scalar = check_grads(lambda w, b: jnp.sin(w) * b, 0.3, 2.0, argnums=(0, 1))
     assert set(scalar.rel_errors()) == {"w", "b"} and scalar.results[0].index == ()
+
+
+def test_repeated_checks_reuse_the_compiled_program():
+    from jaxcalc import gradcheck
+
+    check_grads(losses.mse, _preds, _targets)
+    size = gradcheck._compute_cached._cache_size()
+    check_grads(losses.mse, _preds + 1.0, _targets)  # same function and shapes, new values
+    assert gradcheck._compute_cached._cache_size() == size
