@@ -193,14 +193,20 @@ def mlp_to_params(model: MLP):
 
 
 def mlp_from_params(params, *, activation: str = "relu") -> MLP:
-    """An :class:`MLP` holding exactly ``params`` (a list of ``(W, b)``)."""
+    """An :class:`MLP` holding exactly ``params`` (a list of ``(W, b)``).
+
+    The layers' initializers return the given arrays, so no random weights are drawn (and no
+    PRNG kernel compiled) only to be overwritten.
+    """
     sizes = [params[0][0].shape[0]] + [w.shape[1] for w, _ in params]
     dtype = jnp.result_type(params[0][0])
-    model = MLP(sizes, activation=activation, dtype=dtype, rngs=nnx.Rngs(0))
-    for layer, (w, b) in zip(model.layers, params):
-        layer.kernel[...] = jnp.asarray(w)
-        layer.bias[...] = jnp.asarray(b)
-    return model
+    model = nnx.eval_shape(lambda: MLP(sizes, activation=activation, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    for i, (w, b) in enumerate(params):
+        layer_state = state["layers"][i]
+        layer_state["kernel"].set_value(jnp.asarray(w, dtype))
+        layer_state["bias"].set_value(jnp.asarray(b, dtype))
+    return nnx.merge(graphdef, state)
 
 
 def nnx_mlp_apply(state, graphdef, x):
