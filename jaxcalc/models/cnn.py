@@ -10,12 +10,14 @@ Architecture (the article's Keras model, CIFAR-10 sizes)::
 
 Parameters for 32x32x3 input: 896 + 460,864 + 650 = 462,410.
 
-The model returns *logits*, and the loss is softmax cross-entropy on them
-(:func:`jaxcalc.losses.cross_entropy`, which uses ``logsumexp``). The article compiles
-Keras' ``categorical_crossentropy`` on a final ``Dense(10)`` with no softmax and without
-``from_logits=True``, so Keras treats the raw scores as probabilities (it clips and
-renormalises them) and optimises the wrong objective; the fix is either a softmax layer or
-``from_logits=True``. Here the loss takes logits by construction.
+The model returns *logits*, and the loss is softmax cross-entropy on them with integer labels
+(:func:`jaxcalc.losses.cross_entropy`, which uses ``logsumexp``). The article compiles Keras'
+``loss='categorical_crossentropy'`` on a final ``Dense(10)`` with no softmax and without
+``from_logits=True``: Keras then reads the raw scores as probabilities (divides them by their
+sum and clips them to ``[1e-7, 1 - 1e-7]`` before the log), which is not the cross-entropy of
+any softmax and can be undefined for negative scores. The fix is a softmax layer or
+``from_logits=True``; and since CIFAR-10 labels are integers, the matching Keras loss is
+``sparse_categorical_crossentropy``. Here the loss takes logits and integer labels by construction.
 
 Flax is used only to build and hold the parameters: :func:`init_cnn` calls ``nnx.split`` once
 and returns a pure ``apply(params, x, *, key=None, train=False)`` (``nnx.merge`` inside), so
