@@ -327,6 +327,17 @@ def _compiled(loop: _Loop, what: str):
     return jax.jit(loop.init)
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled_sweep(loop: _Loop, epochs: int, by_seed: bool, by_lr: bool):
+    """One jitted, vmapped program per (loop, epochs, axes): a new learning-rate grid of the
+    same length, or new seeds, reuse it without recompiling."""
+    def one(params, data, key, hparam):
+        key = jax.random.wrap_key_data(key) if by_seed else key
+        return loop.run(params, data, key, hparam, epochs)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0 if by_seed else None, 0 if by_lr else None)))
+
+
 def _check_common(method, epochs, batch_size, key, history_every, on_divergence, clip_norm,
                   noise_multiplier, drop_last, data, log_noise_scale=False):
     n = _leading_length(data)
@@ -501,13 +512,9 @@ def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable]
     loop = _Loop(loss_fn, plan, make_opt, grad_tol, clip_norm, float(noise_multiplier),
                  bool(log_noise_scale), history_every == "step")
 
-    def one(key_data_or_key, hparam):
-        k = jax.random.wrap_key_data(key_data_or_key) if seeds is not None else key_data_or_key
-        return loop.run(params, data, k, hparam, int(epochs))
-
     key_arg = keys if seeds is not None else (jax.random.key(0) if key is None else key)
-    in_axes = (0 if seeds is not None else None, 0 if lrs is not None else None)
-    state, recs = jax.jit(jax.vmap(one, in_axes=in_axes))(key_arg, None if lrs is None else jnp.asarray(lrs))
+    program = _compiled_sweep(loop, int(epochs), seeds is not None, lrs is not None)
+    state, recs = program(params, data, key_arg, None if lrs is None else jnp.asarray(lrs))
     hist = {k: (np.asarray(v).reshape(n_copies, -1)) for k, v in recs.items()}
     status = np.asarray(state.status)
     event = np.asarray(state.event_step)

@@ -167,6 +167,16 @@ def test_sweep_lrs_equals_separate_fits_and_flags_divergence(reg):
     assert list(hist["stop_epoch"][:2]) == [-1, -1] and hist["stop_epoch"][2] >= 0
 
 
+def test_sweep_new_learning_rates_do_not_recompile(reg, caplog):
+    data, _, p0 = reg
+    kw = dict(make_optimizer=optax.sgd, epochs=3)
+    train.sweep(mse_loss, p0, data, learning_rates=[0.1, 0.2], **kw)
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        _, hist = train.sweep(mse_loss, p0, data, learning_rates=[0.05, 0.3], **kw)
+    assert not [r for r in caplog.records if r.getMessage().startswith("Compiling")]
+    np.testing.assert_allclose(hist["learning_rates"], [0.05, 0.3])
+
+
 def test_sweep_seeds_equals_separate_fits(reg):
     data, _, p0 = reg
     opt = optax.sgd(0.05)
