@@ -70,8 +70,9 @@ class Config:
 
 QUICK = {"epochs": 2}
 
-# Fields that must match when resuming (the learning-rate schedule depends on epochs too).
-_RESUME_FIXED = ("data_dir", "epochs", "batch_size", "lr", "lr_schedule", "seed")
+# Fields that must match when resuming. A cosine schedule depends on the epoch count too; with a
+# constant learning rate, --resume --epochs N may extend a finished run.
+_RESUME_FIXED = ("data_dir", "batch_size", "lr", "lr_schedule", "seed")
 
 
 @functools.lru_cache(maxsize=8)
@@ -225,7 +226,7 @@ def run(config: Config, out_dir) -> dict:
         if config.resume and ckpt.latest() is not None:
             meta = ckpt.read_meta()
             saved = meta.get("config", {})
-            for f in _RESUME_FIXED:
+            for f in _RESUME_FIXED + (("epochs",) if config.lr_schedule == "cosine" else ()):
                 if saved.get(f) != getattr(config, f):
                     raise ValueError(f"cannot resume: checkpoint has {f}={saved.get(f)!r} but this run has "
                                      f"{f}={getattr(config, f)!r}")
