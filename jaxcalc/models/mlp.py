@@ -149,8 +149,9 @@ def param_count(params) -> int:
 class MLP(nnx.Module):
     """The MLP of :func:`mlp_apply` as a flax NNX module.
 
-    Hidden layers ``act(h W + b)``, a linear last layer; weights drawn like :func:`init_mlp`
-    (same distributions, not the same draws: use :func:`mlp_from_params` for identical weights).
+    Hidden layers ``act(h W + b)``, a linear last layer; the weights are
+    ``init_mlp(rngs.params(), sizes, init=init)`` (one PRNG draw), held by ``nnx.Linear`` layers.
+    :func:`mlp_from_params` builds one around given weights instead.
 
     Args:
       sizes: layer widths including input and output, e.g. ``(64, 128, 10)``.
@@ -169,13 +170,16 @@ class MLP(nnx.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
 
-        def kernel_init(key, shape, dtype=dtype):
-            return _init_weight(key, shape[0], shape[1], init, dtype)
+        params = init_mlp(rngs.params(), sizes, init=init, dtype=dtype)
+
+        def given(array):  # an nnx initializer that returns ``array``
+            return lambda key, shape, dtype=dtype: array
 
         self.activation = activation
         self.layers = nnx.List([
-            nnx.Linear(m, n, kernel_init=kernel_init, param_dtype=dtype, rngs=rngs)
-            for m, n in zip(sizes[:-1], sizes[1:])
+            nnx.Linear(w.shape[0], w.shape[1], kernel_init=given(w), bias_init=given(b), param_dtype=dtype,
+                       rngs=rngs)
+            for w, b in params
         ])
 
     def __call__(self, x):
