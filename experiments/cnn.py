@@ -63,6 +63,8 @@ class Config:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.devices != 1:
             raise ValueError(f"devices must be 1 (multi-device training is not wired into the cnn experiment), "
                              f"got {self.devices}")

@@ -91,6 +91,8 @@ def test_predict_command(smoke_run, image_dir, capsys, tmp_path):
 def test_config_and_rerun_errors(smoke_run, image_dir):
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         cnn.Config(epochs=0)
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        cnn.Config(lr_schedule="linear")
     with pytest.raises(ValueError, match="devices must be 1"):
         cnn.Config(devices=2)
     with pytest.raises(ValueError, match="already holds checkpoints"):
