@@ -171,6 +171,13 @@ class _Loop:
             return loss, grads, noise_parts
         from jaxcalc import per_example
 
+        clip_key = key if self.noise_multiplier > 0 else None
+        if not self.log_noise_scale:  # clipping only
+            loss = self.loss_fn(params, batch)
+            grads, _ = per_example.clipped_mean_grad(
+                self.loss_fn, params, batch, clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier, key=clip_key)
+            return loss, grads, noise_parts
         per_ex = per_example.per_example_grads(self.loss_fn, params, batch)
         if self.clip_norm is None:
             loss, grads = jax.value_and_grad(self.loss_fn)(params, batch)
@@ -178,7 +185,7 @@ class _Loop:
             loss = self.loss_fn(params, batch)
             grads, _ = per_example.clip_and_aggregate(
                 per_ex, clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier,
-                key=key if self.noise_multiplier > 0 else None)
+                key=clip_key)
         if self.log_noise_scale and jax.tree.leaves(per_ex)[0].shape[0] >= 2:
             parts = per_example.gradient_noise_scale(per_ex, return_parts=True)
             noise_parts = (parts["trace_sigma"], parts["grad_sq_norm"])
