@@ -2,7 +2,7 @@
 
 Blocks are plain tuples, so a report is data first and text second:
 ``("h1", text)``, ``("h2", text)``, ``("p", text)``, ``("table", header, rows)``,
-``("img", relative_path, caption)``, ``("code", text)``. The HTML embeds images as base64 so
+``("img", relative_path, caption)``, ``("code", text)``, ``("md", markdown with pipe tables)``. The HTML embeds images as base64 so
 the file opens anywhere on its own.
 """
 from __future__ import annotations
@@ -45,6 +45,8 @@ def to_markdown(blocks) -> str:
             out.append(f"{block[1]}\n")
         elif kind == "code":
             out.append(f"```\n{block[1]}\n```\n")
+        elif kind == "md":
+            out.append(f"{block[1].strip()}\n")
         elif kind == "table":
             header, rows = block[1], block[2]
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -68,6 +70,8 @@ def to_html(blocks, base_dir: Path | str, title: str = "jaxcalc report") -> str:
             body.append(f"<p>{_inline(block[1])}</p>")
         elif kind == "code":
             body.append(f"<pre>{html.escape(block[1])}</pre>")
+        elif kind == "md":
+            body.append(_markdown_fragment_to_html(block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
             head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -80,6 +84,30 @@ def to_html(blocks, base_dir: Path | str, title: str = "jaxcalc report") -> str:
                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _markdown_fragment_to_html(text: str) -> str:
+    """Pipe tables become ``<table>``; other lines become paragraphs (enough for experiment tables)."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in table
+                     if not set(row.replace("|", "").strip()) <= set("-: ")]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+            out.append(f"<table><tr>{head}</tr>{rows}</table>")
+            table.clear()
+
+    for line in text.strip().splitlines():
+        if line.strip().startswith("|"):
+            table.append(line)
+        else:
+            flush()
+            if line.strip():
+                out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
 
 
 def _inline(text: str) -> str:
