@@ -380,8 +380,9 @@ def _dense_ratings(users, items, ratings, mu, *, num_users, num_items):
 @functools.partial(jax.jit, static_argnames=("num_users",))
 def _spectral_init(table, mask, rmat, key, *, num_users):
     """ALS warm start: item factors along the top-``k`` right singular vectors of the
-    zero-filled centred rating matrix (a randomized range finder with two power steps,
-    Halko et al. 2011), scaled to a balanced factorization of the full matrix
+    zero-filled centred rating matrix (subspace iteration with two power steps and a
+    Rayleigh–Ritz rotation, Halko et al. 2011; only matrix products and small ``eigh`` calls,
+    which stay fast on a busy CPU where LAPACK's QR/SVD stalled), scaled to a balanced factorization of the full matrix
     (``R_full ≈ R_zero_filled / density``). The first ALS half-sweep solves the users exactly
     given these, so only their span matters; starting there skips the slow climb out of
     the near-zero random start that strong regularisation otherwise causes."""
@@ -390,14 +391,21 @@ def _spectral_init(table, mask, rmat, key, *, num_users):
     if k == 0:
         return table
     density = jnp.maximum(jnp.mean(mask), 1e-12)
-    G = jax.random.normal(key, (rmat.shape[1], k + 5), rmat.dtype)
-    Y = rmat @ G
+
+    def orthonormal(Y):  # via eigh of the small Gram matrix; tiny directions are clamped, not NaN
+        lam, V = jnp.linalg.eigh(Y.T @ Y)
+        lam = jnp.maximum(lam, 1e-6 * lam[-1] + 1e-30)
+        return Y @ (V / jnp.sqrt(lam)[None, :])
+
+    Y = rmat.T @ (rmat @ jax.random.normal(key, (rmat.shape[1], k + 5), rmat.dtype))
     for _ in range(2):
-        Y, _ = jnp.linalg.qr(Y)
-        Y = rmat @ (rmat.T @ Y)
-    Qb, _ = jnp.linalg.qr(Y)
-    _, sv, vt = jnp.linalg.svd(Qb.T @ rmat, full_matrices=False)
-    items = vt[:k].T * jnp.sqrt(sv[:k] / density)[None, :]
+        Y = rmat.T @ (rmat @ orthonormal(Y))
+    Y = orthonormal(Y)  # (I, k+5): ≈ the top right singular subspace of rmat
+    RY = rmat @ Y
+    lam, W = jnp.linalg.eigh(RY.T @ RY)  # Rayleigh–Ritz: singular values² and rotations
+    lam, W = lam[::-1][:k], W[:, ::-1][:, :k]
+    sv = jnp.sqrt(jnp.maximum(lam, 0.0))
+    items = (Y @ W) * jnp.sqrt(sv / density)[None, :]
     return table.at[U:, :k].set(items)
 
 
