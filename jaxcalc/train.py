@@ -159,6 +159,7 @@ class _Loop:
     noise_multiplier: float
     log_noise_scale: bool
     record_steps: bool
+    full_loss: bool = False
 
     # one update ---------------------------------------------------------------
     def _grad(self, params, batch, key):
@@ -252,6 +253,8 @@ class _Loop:
             ok = active & jnp.isfinite(traces) & jnp.isfinite(gsqs)
             out["noise_scale"] = (jnp.sum(jnp.where(ok, traces, 0.0))
                                   / jnp.sum(jnp.where(ok, gsqs, 0.0)))
+        if self.full_loss:
+            out["full_loss"] = self.loss_fn(state.params, data)
         if self.record_steps:
             out["step_loss"] = jnp.where(active, losses, jnp.nan)
             out["step_grad_norm"] = jnp.where(active, gnorms, jnp.nan)
@@ -373,7 +376,7 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
         history_every: str = "epoch", grad_tol: Optional[float] = None,
         on_divergence: str = "raise", clip_norm: Optional[float] = None,
         noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False,
-        progress: bool = False, callback: Optional[Callable] = None):
+        full_loss: bool = False, progress: bool = False, callback: Optional[Callable] = None):
     """Train ``params`` by (batch / stochastic / mini-batch) gradient descent.
 
     Args:
@@ -405,6 +408,8 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
         each step's batch; steps of one example are skipped). Needs batches of >= 2.
       drop_last: ``"minibatch"`` only: drop the ``n % batch_size`` left-over examples of each
         epoch instead of making a smaller last update.
+      full_loss: add ``history["full_loss"]``, the loss on all the data at the parameters
+        after each epoch (one extra forward pass per epoch, inside the compiled program).
       progress: show a tqdm bar over epochs (each epoch is then its own compiled call).
       callback: ``callback(epoch, params, metrics) -> bool | None`` after each epoch (host
         side); returning ``True`` stops training.
@@ -425,7 +430,7 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
                          clip_norm, noise_multiplier, drop_last, data, log_noise_scale)
     key = jax.random.key(0) if key is None else key
     loop = _Loop(loss_fn, plan, _ConstOpt(optimizer), grad_tol, clip_norm, float(noise_multiplier),
-                 bool(log_noise_scale), history_every == "step")
+                 bool(log_noise_scale), history_every == "step", bool(full_loss))
     if not progress and callback is None:
         state, recs = _compiled(loop, "run")(params, data, key, None, int(epochs))
         return _finish(state, recs, plan, epochs, on_divergence)
@@ -466,7 +471,8 @@ def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable]
           seeds: Optional[Sequence[int]] = None, key=None, method: str = "batch", epochs: int,
           batch_size: Optional[int] = None, history_every: str = "epoch",
           grad_tol: Optional[float] = None, clip_norm: Optional[float] = None,
-          noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False):
+          noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False,
+          full_loss: bool = False):
     """Train N copies in one compiled program (``jax.vmap`` over learning rates and/or seeds).
 
     Copy ``i`` equals ``fit(..., optimizer=make_optimizer(learning_rates[i]),
@@ -517,7 +523,7 @@ def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable]
     if seeds is not None and len(seeds) != n_copies:
         keys = jnp.repeat(keys, n_copies, axis=0)
     loop = _Loop(loss_fn, plan, make_opt, grad_tol, clip_norm, float(noise_multiplier),
-                 bool(log_noise_scale), history_every == "step")
+                 bool(log_noise_scale), history_every == "step", bool(full_loss))
 
     key_arg = keys if seeds is not None else (jax.random.key(0) if key is None else key)
     program = _compiled_sweep(loop, int(epochs), seeds is not None, lrs is not None)

@@ -22,7 +22,8 @@ def reg():
 def test_batch_equals_optax_loop(reg):
     data, _, p0 = reg
     opt = optax.sgd(0.05)
-    params, hist = train.fit(mse_loss, p0, data, optimizer=opt, method="batch", epochs=20)
+    params, hist = train.fit(mse_loss, p0, data, optimizer=opt, method="batch", epochs=20,
+                             full_loss=True)
     # reference: a plain Python loop of optax updates on the full data
     @jax.jit
     def step(p, s):
@@ -37,6 +38,8 @@ def test_batch_equals_optax_loop(reg):
     np.testing.assert_allclose(params["w"], p["w"], rtol=1e-5)
     np.testing.assert_allclose(params["b"], p["b"], rtol=1e-5)
     np.testing.assert_allclose(hist["loss"], losses, rtol=1e-5)
+    # full_loss: the loss after each epoch = the loss before the next one
+    np.testing.assert_allclose(hist["full_loss"], losses[1:] + [float(mse_loss(p, data))], rtol=1e-5)
     assert hist["loss"].shape == (20,) and hist["grad_norm"].shape == (20,)
     assert hist["status"] == "completed" and hist["epochs_run"] == 20
 
