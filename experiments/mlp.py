@@ -115,11 +115,6 @@ def article_loss(params, batch):
     return mlp_loss(params, batch, loss="mse", activation="relu")
 
 
-def backprop_article_loss(params, batch):
-    """The same loss, differentiated by the hand-written backward pass (a ``custom_vjp``)."""
-    return backprop.backprop_loss(params, batch["x"], batch["y"], loss="mse", activation="relu")
-
-
 @partial(jax.jit, static_argnames=("epochs", "grad"))
 def train_article(params, x, y, lr, *, epochs: int, grad: str = "autodiff"):
     """Full-batch Adam for ``epochs`` steps, one ``lax.scan``; ``vmap`` over seeds by the caller.
@@ -135,13 +130,19 @@ def train_article(params, x, y, lr, *, epochs: int, grad: str = "autodiff"):
       ``(final_params, losses)`` with ``losses: (epochs + 1,)``, the loss before each step and
       after the last.
     """
-    loss_fn = article_loss if grad == "autodiff" else backprop_article_loss
+    if grad not in ("autodiff", "backprop"):
+        raise ValueError(f"grad must be 'autodiff' or 'backprop', got {grad!r}")
     opt = optim.adam(lr, eps=KERAS_ADAM_EPS)
     batch = {"x": x, "y": y}
 
+    def value_and_grad(p):
+        if grad == "autodiff":
+            return jax.value_and_grad(article_loss)(p, batch)
+        return backprop.backprop_value_and_grads(p, x, y, loss="mse", activation="relu")
+
     def step(carry, _):
         p, s = carry
-        loss, g = jax.value_and_grad(loss_fn)(p, batch)
+        loss, g = value_and_grad(p)
         updates, s = opt.update(g, s, p)
         return (jax.tree.map(jnp.add, p, updates), s), loss
 
