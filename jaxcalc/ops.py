@@ -8,11 +8,13 @@
 - ``impl="im2col"`` (conv) / ``impl="reshape"`` (pool): the convolution as *im2col*
   (the ``kh*kw`` shifted views of the input stacked on the channel axis) followed by
   ONE matrix multiply, and pooling as a reshape to ``(n, h/p, p, w/p, p, c)`` followed
-  by a max over the two window axes. Both have hand-written backward passes
-  (``jax.custom_vjp``) made of matmuls and elementwise ops only. On CPU, XLA's
+  by a max over the two window axes. Their derivatives are matmuls and elementwise
+  selects only: JAX's own derivative of the im2col program (``dW = patches^T @ dy``,
+  col2im for ``dx``), and a ``jax.custom_jvp`` for the pooling that routes each gradient
+  to the first maximum of its window, as ``reduce_window`` does. On CPU, XLA's
   convolution and the backward of ``reduce_window`` are slow (12-17 GFLOP/s for the
-  article's first layer, against a ~300 GFLOP/s float32 matmul peak), while a matmul
-  runs near peak: that is the whole reason for the second formulation.
+  article's first layer, against a ~300 GFLOP/s float32 matmul peak, as measured for
+  issue 5), while a matmul runs near peak: that is the reason for the second formulation.
 - ``impl="auto"``: ``"xla"`` on GPU/TPU (cuDNN and the TPU convolution units beat an
   im2col matmul there, and they avoid materialising the ``kh*kw``-times larger patch
   matrix in accelerator memory); the im2col/reshape path on CPU, where it was
