@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcalc import parallel
 from jaxcalc._validate import check_finite_tree
 from jaxcalc.errors import DivergenceError
 
@@ -142,6 +143,10 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _leading_size(tree) -> int:
+    return int(np.shape(jax.tree.leaves(tree)[0])[0])
+
+
 def _take(data, idx):
     return jax.tree.map(lambda x: jnp.take(jnp.asarray(x), idx, axis=0), data)
 
@@ -160,6 +165,7 @@ class _Loop:
     log_noise_scale: bool
     record_steps: bool
     full_loss: bool = False
+    mesh: Any = None  # jax.sharding.Mesh from jaxcalc.parallel.make_mesh: data-parallel steps
 
     # one update ---------------------------------------------------------------
     def _grad(self, params, batch, key):
@@ -193,6 +199,10 @@ class _Loop:
         return loss, grads, noise_parts
 
     def step(self, state: TrainState, batch, gstep, key, opt):
+        if self.mesh is not None and _leading_size(batch) % self.mesh.size == 0:
+            # split this step's batch across the devices; XLA all-reduces the gradients. (The
+            # epoch's smaller last batch, when it does not split evenly, runs whole on every device.)
+            batch = parallel.constrain_batch(batch, self.mesh)
         active = state.status == RUNNING
         loss, grads, noise = self._grad(state.params, batch, key)
         gnorm = optax.tree.norm(grads)
@@ -371,12 +381,23 @@ def _check_common(method, epochs, batch_size, key, history_every, on_divergence,
     return plan
 
 
+def _check_mesh(plan: _Plan, mesh) -> None:
+    """The (full) batches must split evenly over the mesh's devices."""
+    if mesh is not None and plan.batch_size % mesh.size:
+        what = "the whole data set" if plan.method == "batch" else f"batch_size={plan.batch_size}"
+        raise ValueError(
+            f"method={plan.method!r} makes batches of {plan.batch_size} examples ({what}), not "
+            f"divisible by the {mesh.size} devices of the mesh: use method='minibatch' with a "
+            f"batch_size that is a multiple of {mesh.size}")
+
+
 def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformation,
         method: str = "batch", epochs: int, batch_size: Optional[int] = None, key=None,
         history_every: str = "epoch", grad_tol: Optional[float] = None,
         on_divergence: str = "raise", clip_norm: Optional[float] = None,
         noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False,
-        full_loss: bool = False, progress: bool = False, callback: Optional[Callable] = None):
+        full_loss: bool = False, progress: bool = False, callback: Optional[Callable] = None,
+        mesh=None):
     """Train ``params`` by (batch / stochastic / mini-batch) gradient descent.
 
     Args:
@@ -413,6 +434,11 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
       progress: show a tqdm bar over epochs (each epoch is then its own compiled call).
       callback: ``callback(epoch, params, metrics) -> bool | None`` after each epoch (host
         side); returning ``True`` stops training.
+      mesh: a ``jax.sharding.Mesh`` from ``jaxcalc.parallel.make_mesh(N)``: data-parallel
+        training, each step's batch split across the N devices, params, optimizer state and
+        data replicated; the gradient all-reduce is inserted by XLA. ``None`` (or a 1-device
+        mesh): unchanged. ``batch_size`` (the whole data for ``"batch"``) must be a multiple
+        of N; an epoch's smaller last batch that does not split evenly runs whole on every device.
 
     Returns:
       ``(params, history)``. ``history`` holds numpy arrays ``loss`` and ``grad_norm``
@@ -429,8 +455,11 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
     plan = _check_common(method, epochs, batch_size, key, history_every, on_divergence,
                          clip_norm, noise_multiplier, drop_last, data, log_noise_scale)
     key = jax.random.key(0) if key is None else key
+    _check_mesh(plan, mesh)
+    if mesh is not None:
+        params, data, key = parallel.replicate((params, data, key), mesh)
     loop = _Loop(loss_fn, plan, _ConstOpt(optimizer), grad_tol, clip_norm, float(noise_multiplier),
-                 bool(log_noise_scale), history_every == "step", bool(full_loss))
+                 bool(log_noise_scale), history_every == "step", bool(full_loss), mesh)
     if not progress and callback is None:
         state, recs = _compiled(loop, "run")(params, data, key, None, int(epochs))
         return _finish(state, recs, plan, epochs, on_divergence)
