@@ -221,13 +221,14 @@ def part_a(config: Config, writer: RunWriter) -> tuple[dict, dict]:
 
     fig, ax = figure(figsize=(7, 4))
     epochs_axis = np.arange(config.epochs + 1)
+    floor = 1e-15  # float32 losses reach exactly 0, which a log axis cannot show
     for i in range(config.n_seeds):
-        ax.semilogy(epochs_axis, np.asarray(loss_art[i]), color="tab:blue", alpha=0.7,
+        ax.semilogy(epochs_axis, np.maximum(np.asarray(loss_art[i]), floor), color="tab:blue", alpha=0.7,
                     label=f"lr {config.lr:g}" if i == 0 else None)
-        ax.semilogy(epochs_axis, np.asarray(loss_tuned[i]), color="tab:orange", alpha=0.7,
-                    label=f"lr {config.tuned_lr:g}" if i == 0 else None)
+        ax.semilogy(epochs_axis, np.maximum(np.asarray(loss_tuned[i]), floor), color="tab:orange",
+                    alpha=0.7, label=f"lr {config.tuned_lr:g}" if i == 0 else None)
     ax.set_xlabel("epoch (full batch)")
-    ax.set_ylabel("MSE")
+    ax.set_ylabel(f"MSE (floored at {floor:g})")
     ax.set_title(f"Article example 2: {config.n_seeds} seeds, Adam")
     ax.legend()
     writer.savefig(fig, "loss_curves")
