@@ -10,6 +10,12 @@ chunks. After every epoch a checkpoint (params, optimizer state, step, PRNG key,
 metrics so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the latest
 complete one and ends with the same parameters, bit for bit, as a run never interrupted.
 
+``--devices N``: data-parallel over the first N devices (``jaxcalc.parallel``): each step's batch
+is split across them, everything else is replicated, and XLA all-reduces the gradients; the
+figures equal those of one device to float32 rounding (on a CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` simulates 8 devices). Checkpoints hold a
+single device's copy, so ``predict`` and ``--resume`` work on any device count.
+
 ``jaxcalc predict --checkpoint DIR IMAGE...`` classifies image files with a trained run.
 """
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcalc import losses, runio
+from jaxcalc import losses, parallel, runio
 from jaxcalc.checkpoint import Checkpointer
 from jaxcalc.data.images import ImageDataset, load_image_dataset, read_image
 from jaxcalc.models.cnn import CNNSpec, abstract_params, init_cnn, make_loss, param_count
@@ -53,7 +59,9 @@ class Config:
         default="cosine", metadata={"help": "cosine: decay lr to 0 over the run; constant: keep it"})
     resume: bool = dataclasses.field(
         default=False, metadata={"help": "continue from the latest complete checkpoint in --out"})
-    devices: int = dataclasses.field(default=1, metadata={"help": "devices to train on (only 1 for now)"})
+    devices: int = dataclasses.field(
+        default=1, metadata={"help": "data-parallel over the first N devices (batch split, params replicated); "
+                                     "batch_size must be a multiple of N"})
     seed: int = 0
 
     def __post_init__(self):
@@ -65,9 +73,11 @@ class Config:
             raise ValueError(f"lr must be a positive finite number, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if self.devices != 1:
-            raise ValueError(f"devices must be 1 (multi-device training is not wired into the cnn experiment), "
-                             f"got {self.devices}")
+        if self.devices < 1:
+            raise ValueError(f"devices must be >= 1, got {self.devices}")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of devices={self.devices}: each "
+                             f"device gets batch_size / devices images per step")
 
 
 QUICK = {"epochs": 2}
@@ -78,8 +88,14 @@ _RESUME_FIXED = ("data_dir", "batch_size", "lr", "lr_schedule", "seed")
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(spec: CNNSpec, max_value: int, chunk: int):
-    """The jitted chunk-of-epoch trainer and evaluator for one model shape (cached across runs)."""
+def _programs(spec: CNNSpec, max_value: int, chunk: int, mesh=None):
+    """The jitted chunk-of-epoch trainer and evaluator for one model shape (cached across runs).
+
+    With a ``mesh`` (``jaxcalc.parallel.make_mesh(N)``) each step's batch is split across the
+    mesh's devices and everything else (params, optimizer state, data, epoch plan, keys) is
+    replicated: XLA all-reduces the gradients. The outputs are replicated too, so they feed the
+    next chunk unchanged. Without one, the programs are the plain single-device ones.
+    """
     apply, _ = abstract_params(spec)
     loss_fn = make_loss(apply)
     scale = 1.0 / max_value
@@ -110,6 +126,8 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int):
 
             def do(_):
                 batch = {"x": to_float(x_all[batch_idx], norm), "y": y_all[batch_idx]}
+                if mesh is not None:  # split the step's images across the devices
+                    batch = parallel.constrain_batch(batch, mesh)
                 key = jax.random.fold_in(drop_key, step_no)
                 t = (first_step + step_no).astype(jnp.float32) / total_steps.astype(jnp.float32)
                 lr = jnp.where(cosine, peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * t)), peak_lr)
@@ -141,7 +159,10 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int):
         n = jnp.sum(mask)
         return jnp.sum(loss) / n, jnp.sum(correct) / n, pred.reshape(-1)
 
-    return jax.jit(train_chunk), jax.jit(evaluate)
+    if mesh is None:
+        return jax.jit(train_chunk), jax.jit(evaluate)
+    rep = parallel.replicated(mesh)  # evaluation runs whole on every device
+    return jax.jit(train_chunk, out_shardings=rep), jax.jit(evaluate, out_shardings=rep)
 
 
 def make_optimizer():
@@ -175,6 +196,11 @@ def _pad_eval(x: np.ndarray, y: np.ndarray):
     return jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp)
 
 
+def _local_copy(tree):
+    """One device's copy of every (replicated) leaf: single-device arrays, no transfer."""
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
 def _spec_for(data: ImageDataset) -> CNNSpec:
     h, w, c = data.image_shape
     return CNNSpec(height=h, width=w, channels=c, num_classes=data.num_classes)
@@ -199,6 +225,8 @@ def run(config: Config, out_dir) -> dict:
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    # Data parallelism: ValueError (CLI exit 2) when fewer than config.devices devices exist.
+    mesh = parallel.make_mesh(config.devices) if config.devices > 1 else None
     data = load_image_dataset(config.data_dir)
     n_train = data.x_train.shape[0]
     if n_train < config.batch_size:
@@ -207,7 +235,12 @@ def run(config: Config, out_dir) -> dict:
     steps = n_train // config.batch_size
     chunk = -(-steps // min(steps, PROGRESS_UPDATES))
     n_chunks = -(-steps // chunk)
-    train_chunk, evaluate = _programs(spec, data.max_value, chunk)
+    train_chunk, evaluate = _programs(spec, data.max_value, chunk, mesh)
+    # Multi-device: replicate every input of the compiled programs (the batch is split inside).
+    place = (lambda tree: tree) if mesh is None else functools.partial(parallel.replicate, mesh=mesh)
+    # Checkpoints hold one device's copy, so that a run on another number of devices (predict,
+    # --resume) can restore them: orbax refuses arrays saved with a different device topology.
+    unplace = (lambda tree: tree) if mesh is None else _local_copy
 
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
@@ -250,13 +283,15 @@ def run(config: Config, out_dir) -> dict:
         x_train, y_train = jax.device_put(data.x_train), jax.device_put(data.y_train)
         x_eval, y_eval, m_eval = _pad_eval(data.x_test, data.y_test)
         norm = tuple(jnp.asarray(v) for v in channel_stats(data))
+        params, opt_state, x_train, y_train, x_eval, y_eval, m_eval, norm = place(
+            (params, opt_state, x_train, y_train, x_eval, y_eval, m_eval, norm))
         t0 = time.perf_counter()
-        shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape)
+        shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape, mesh)
         if shapes not in _COMPILED:  # compile ahead of time, once per shape, so timings exclude it
             _COMPILED[shapes] = (
                 train_chunk.lower(params, opt_state, x_train, y_train,
-                                  *_plan(train_key, n_train, config.batch_size, n_chunks * chunk),
-                                  train_key, 0, _sched(config, 0, steps), norm).compile(),
+                                  *place(_plan(train_key, n_train, config.batch_size, n_chunks * chunk)),
+                                  place(train_key), 0, _sched(config, 0, steps), norm).compile(),
                 evaluate.lower(params, x_eval, y_eval, m_eval, norm).compile(),
             )
         compiled_train, compiled_eval = _COMPILED[shapes]
@@ -267,7 +302,8 @@ def run(config: Config, out_dir) -> dict:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             train_key, epoch_key = jax.random.split(train_key)
             perm_key, drop_key = jax.random.split(epoch_key)
-            plan, valid = _plan(perm_key, n_train, config.batch_size, n_chunks * chunk)
+            plan, valid = place(_plan(perm_key, n_train, config.batch_size, n_chunks * chunk))
+            drop_key = place(drop_key)
             loss_sum = jnp.zeros((), jnp.float32)
             correct = jnp.zeros((), jnp.int32)
             t_epoch = time.perf_counter()
@@ -290,8 +326,8 @@ def run(config: Config, out_dir) -> dict:
                    "test_loss": float(test_loss), "test_accuracy": float(test_acc)}
             history.append(row)
             writer.log(**row)
-            ckpt.save(epoch, {"params": params,
-                              "train": {"opt_state": opt_state, "step": jnp.int32(step), "key": train_key}},
+            ckpt.save(epoch, {"params": unplace(params),
+                              "train": {"opt_state": unplace(opt_state), "step": jnp.int32(step), "key": train_key}},
                       meta={"epoch": epoch, "config": dataclasses.asdict(config),
                             "model": _model_meta(data, spec), "history": history})
             print(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f} acc "
@@ -312,6 +348,8 @@ def run(config: Config, out_dir) -> dict:
         "train_accuracy": history[-1]["train_accuracy"] if history else None,
         "train_images_per_second": images_trained / train_seconds if train_seconds else None,
         "param_count": param_count(params),
+        "devices": config.devices,
+        "allreduce_bytes_per_step": parallel.allreduce_bytes_per_step(params),
         "image_shape": list(data.image_shape),
         "train_images": n_train,
         "test_images": int(data.y_test.shape[0]),

@@ -1,4 +1,4 @@
-"""`jaxcalc run cnn`: smoke run on a tiny image folder, predict, and SIGKILL + resume bitwise."""
+"""`jaxcalc run cnn`: smoke run on a tiny image folder, predict, SIGKILL + resume bitwise, 8 devices vs 1."""
 import json
 import os
 import signal
@@ -93,8 +93,10 @@ def test_config_and_rerun_errors(smoke_run, image_dir):
         cnn.Config(epochs=0)
     with pytest.raises(ValueError, match="lr_schedule must be"):
         cnn.Config(lr_schedule="linear")
-    with pytest.raises(ValueError, match="devices must be 1"):
-        cnn.Config(devices=2)
+    with pytest.raises(ValueError, match="devices must be >= 1"):
+        cnn.Config(devices=0)
+    with pytest.raises(ValueError, match="batch_size 12 is not a multiple of devices=8"):
+        cnn.Config(batch_size=12, devices=8)
     with pytest.raises(ValueError, match="already holds checkpoints"):
         cnn.run(cnn.Config(data_dir=str(image_dir), epochs=2, batch_size=BATCH, lr=0.01), smoke_run)
     with pytest.raises(ValueError, match="cannot resume: checkpoint has batch_size=8"):
@@ -145,3 +147,54 @@ def test_sigkill_then_resume_is_bitwise_identical(image_dir, tmp_path):
     rows = [(killed / "metrics.jsonl").read_text(), (tmp_path / "reference" / "metrics.jsonl").read_text()]
     assert rows[0] == rows[1] and len(rows[0].splitlines()) == epochs
     assert resumed["test_accuracy"] == reference["test_accuracy"]
+
+
+def test_too_many_devices_exits_2(image_dir, tmp_path, capsys):
+    n = len(jax.devices()) + 1  # one more than this process has
+    rc = cli.main(["run", "cnn", "--data-dir", str(image_dir), "--devices", str(n), "--batch-size", str(2 * n),
+                   "--out", str(tmp_path / "out"), "--no-cache"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"asked for {n} devices" in err and len(err.strip().splitlines()) == 1
+
+
+_DEVICES_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)
+from experiments import cnn
+out, data_dir, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+summary = cnn.run(cnn.Config(data_dir=data_dir, epochs=2, batch_size=batch, lr=0.01, devices=8), out)
+(train_chunk, _), = cnn._COMPILED.values()
+print(json.dumps({"n_devices": len(jax.devices()), "summary": summary,
+                  "all_reduce": "all-reduce" in train_chunk.as_text()}))
+"""
+
+
+def test_eight_devices_match_one(smoke_run, image_dir, tmp_path):
+    """The smoke run's config data-parallel over 8 simulated CPU devices (one image each) = the
+    1-device smoke run, to float32 rounding (not bitwise: the gradient is summed in another order)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "d8"
+    proc = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(out), str(image_dir), str(BATCH)],
+                          cwd=Path(cnn.__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["n_devices"] == 8
+    assert res["all_reduce"]  # the program really is data-parallel: XLA inserted the gradient all-reduce
+    s8, s1 = res["summary"], json.loads((smoke_run / "summary.json").read_text())
+    assert (s8["devices"], s1["devices"]) == (8, 1)
+    # one float32 gradient per parameter: 4 bytes x 19,011 (param_count, checked in the smoke test)
+    assert s8["allreduce_bytes_per_step"] == s1["allreduce_bytes_per_step"] == 4 * s1["param_count"]
+    assert abs(s8["test_accuracy"] - s1["test_accuracy"]) <= 1.0 / s1["test_images"] + 1e-9  # one image at most
+    np.testing.assert_allclose(s8["test_loss"], s1["test_loss"], rtol=1e-4)
+    rows8, rows1 = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                    for d in (out, smoke_run))
+    assert len(rows8) == len(rows1) == 2
+    for r8, r1 in zip(rows8, rows1):
+        np.testing.assert_allclose([r8["train_loss"], r8["test_loss"]], [r1["train_loss"], r1["test_loss"]],
+                                   rtol=1e-4)
+    # the 8-device checkpoint restores in this 1-device process and matches to float32 rounding
+    for a, b in zip(jax.tree.leaves(_final_params(out, 2)), jax.tree.leaves(_final_params(smoke_run, 2))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
