@@ -41,8 +41,11 @@ def test_run_given_train_test_files_counts_unseen(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="preset"):
         exp.Config(preset="netflix")
-    with pytest.raises(ValueError, match="devices"):
-        exp.Config(devices=2)
+    with pytest.raises(ValueError, match="devices must be >= 1"):
+        exp.Config(devices=0)
+    with pytest.raises(ValueError, match="batch_size 100 is not a multiple of devices 8"):
+        exp.Config(method="minibatch", batch_size=100, devices=8)
+    exp.Config(devices=8)  # ALS: runs on one device, no batch to split
     with pytest.raises(ValueError, match="together"):
         exp.Config(train="a")
     assert exp.settings(exp.Config(preset="surprise")) == {

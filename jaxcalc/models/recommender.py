@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxcalc import parallel
 from jaxcalc.losses import absolute_error, squared_error
 
 __all__ = [
@@ -54,12 +55,18 @@ __all__ = [
     "fit",
     "FitResult",
     "METHODS",
+    "DATA_PARALLEL_METHODS",
     "SURPRISE_SVD",
     "evaluate",
     "top_n",
 ]
 
 METHODS = ("als", "minibatch", "fullbatch", "sgd")
+# The methods that run data-parallel over a ``jax.sharding`` mesh (``fit(..., mesh=...)``): their
+# steps are gradient steps on a batch mean, so the batch splits across devices and XLA
+# all-reduces the gradient. ALS solves one small system per user / item and per-rating SGD is
+# sequential by definition: neither is a data-parallel gradient step.
+DATA_PARALLEL_METHODS = ("minibatch", "fullbatch")
 
 # Surprise's SVD defaults (surprise/prediction_algorithms/matrix_factorization.pyx, v1.1.5):
 # n_factors=100, n_epochs=20, init_mean=0, init_std_dev=0.1, lr_all=0.005, reg_all=0.02.
@@ -142,10 +149,16 @@ def _predict_parts(mu, bu, bi, p, q):
     return mu + bu + bi + jnp.sum(p * q, axis=-1)
 
 
-def _objective(mu, bu, bi, p, q, ratings, reg, reg_bias):
-    """Mean over the batch of squared error + per-rating L2 penalty (module docstring)."""
+def _objective(mu, bu, bi, p, q, ratings, reg, reg_bias, mask=None):
+    """Mean over the batch of squared error + per-rating L2 penalty (module docstring).
+
+    ``mask`` ``(n,) bool``: average over the True entries only (padding, see
+    ``_minibatch_epoch``); the others get zero gradient.
+    """
     err = squared_error(_predict_parts(mu, bu, bi, p, q), ratings)
     penalty = reg * (jnp.sum(p * p, axis=-1) + jnp.sum(q * q, axis=-1)) + reg_bias * (bu * bu + bi * bi)
+    if mask is not None:
+        return parallel.masked_mean(err + penalty, mask)
     return jnp.mean(err + penalty)
 
 
@@ -207,11 +220,11 @@ def unpack(table, mu, num_users: int) -> dict:
             "user_factors": table[:num_users, :-1], "item_factors": table[num_users:, :-1]}
 
 
-def _table_objective(rows, mu, ratings, reg, reg_bias):
+def _table_objective(rows, mu, ratings, reg, reg_bias, mask=None):
     """Objective on gathered table rows ``(2n, k+1)``: first n user rows, then n item rows."""
     n = ratings.shape[0]
     ur, ir = rows[:n], rows[n:]
-    return _objective(mu, ur[:, -1], ir[:, -1], ur[:, :-1], ir[:, :-1], ratings, reg, reg_bias)
+    return _objective(mu, ur[:, -1], ir[:, -1], ur[:, :-1], ir[:, :-1], ratings, reg, reg_bias, mask)
 
 
 # --------------------------------------------------------------------------- per-rating SGD
@@ -269,39 +282,67 @@ def _direction(optimizer: str) -> optax.GradientTransformation:
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "batch_size"), donate_argnums=(0, 1))
+def _replicated_out(tree, mesh):
+    """Inside jit: pin outputs to a full copy per device, so the next epoch's (AOT-compiled)
+    program gets the layout it was compiled for."""
+    if mesh is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, parallel.replicated(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer", "batch_size", "mesh"), donate_argnums=(0, 1))
 def _minibatch_epoch(table, opt_state, key, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *,
-                     optimizer, batch_size):
+                     optimizer, batch_size, mesh=None):
     """One shuffled epoch; each step: gather rows, grad, ONE scatter-add, optax update.
 
     ``optax.chain(direction, scale(−lr))`` with ``lr`` traced, so a new rate does not recompile.
+
+    ``mesh`` (a 1-D ``jax.sharding.Mesh``, static): data-parallel. The table, optimizer state
+    and rating arrays arrive replicated; each step's batch of rating indices is split across
+    the devices (``parallel.constrain_batch``), so every device gathers and differentiates its
+    share of the batch and XLA all-reduces the table gradient (one table-sized all-reduce per
+    step). When the batch ``b`` is not a multiple of the device count (the whole training set
+    is smaller than ``batch_size``), each step's indices are padded to the next multiple by
+    repeating its last rating, and the objective is averaged over the ``b`` real ratings only
+    (``parallel.masked_mean``): the same value and gradient as the unpadded batch.
     """
     tx = _direction(optimizer)
     n = ratings.shape[0]
     b = min(batch_size, n)
     nb = n // b
     perm = jax.random.permutation(key, n)[: nb * b].reshape(nb, b)
+    mask = None
+    if mesh is not None and b % mesh.size:
+        perm, mask = parallel.pad_batch(perm, mesh.size, axis=1)
+        mask = jnp.asarray(mask)
 
     def step(carry, idx):
         t, s = carry
+        if mesh is not None:
+            idx = parallel.constrain_batch(idx, mesh)
         rows_idx = jnp.concatenate([rows_u[idx], rows_i[idx]])
-        value, g_rows = jax.value_and_grad(_table_objective)(t[rows_idx], mu, ratings[idx], reg, reg_bias)
+        value, g_rows = jax.value_and_grad(_table_objective)(t[rows_idx], mu, ratings[idx], reg, reg_bias,
+                                                             mask)
         grad = jnp.zeros_like(t).at[rows_idx].add(g_rows)
         direction, s = tx.update(grad, s, t)
         return (t - lr * direction, s), value
 
     (table, opt_state), losses = jax.lax.scan(step, (table, opt_state), perm)
+    table, opt_state = _replicated_out((table, opt_state), mesh)
     return table, opt_state, jnp.mean(losses)
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "num_users"), donate_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnames=("optimizer", "num_users", "mesh"), donate_argnums=(0, 1))
 def _dense_gd_epoch(table, opt_state, mu, mask, rmat, counts_u, counts_i, lr, reg, reg_bias, *,
-                    optimizer, num_users):
+                    optimizer, num_users, mesh=None):
     """One full-batch step on the dense ``(U, I)`` layout: the same objective as :func:`loss`
     over all ratings, as masked matrix products (no gathers or scatters at all).
 
     ``Σ_r reg‖p_u‖²`` over ratings is ``Σ_u n_u reg‖p_u‖²``: the per-rating penalty becomes
     a count-weighted one.
+
+    ``mesh`` (static): data-parallel with the ``(U, I)`` matrices (and ``counts_u``) split along
+    users by the caller; the table and optimizer state stay replicated (outputs pinned so).
     """
     tx = _direction(optimizer)
     U = num_users
@@ -317,7 +358,8 @@ def _dense_gd_epoch(table, opt_state, mu, mask, rmat, counts_u, counts_i, lr, re
 
     value, grad = jax.value_and_grad(objective)(table)
     direction, opt_state = tx.update(grad, opt_state, table)
-    return table - lr * direction, opt_state, value
+    table, opt_state = _replicated_out((table - lr * direction, opt_state), mesh)
+    return table, opt_state, value
 
 
 # --------------------------------------------------------------------------- ALS
@@ -489,7 +531,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         epochs: int = 20, lr: float = 0.005, reg: float = 0.02, reg_bias: Optional[float] = None,
         init_scale: float = 0.1, batch_size: int = 4096, optimizer: str = "adam",
         key, params: Optional[dict] = None, on_epoch=None, chunk: int = 4096,
-        dense_limit: int = 2 ** 25, spectral_init: bool = True) -> FitResult:
+        dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None) -> FitResult:
     """Fit :class:`BiasedMF` to training ratings.
 
     Args:
@@ -514,9 +556,21 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         use chunked scatter-adds (ALS) or gathers + one scatter-add (full batch).
       spectral_init: ALS (dense path, no ``params`` given) starts from the top singular
         vectors of the centred rating matrix (see ``_spectral_init``).
+      mesh: a 1-D ``jax.sharding.Mesh`` (``jaxcalc.parallel.make_mesh(N)``): data-parallel
+        training for the methods in :data:`DATA_PARALLEL_METHODS`. Parameters and optimizer
+        state are replicated; ``"minibatch"`` splits each batch of ratings across the devices
+        (padded with masking when the batch is not a multiple of N, see ``_minibatch_epoch``);
+        ``"fullbatch"`` splits the dense ``(U, I)`` rating matrices along users when N divides
+        ``U`` (else it runs them replicated), and its sparse path splits the ratings like a
+        mini-batch. The result equals the one-device fit to float32 rounding. ``None`` or a
+        1-device mesh: the plain single-device program.
 
     Returns:
-      :class:`FitResult`.
+      :class:`FitResult` (its ``params`` replicated over ``mesh`` when one is given).
+
+    Raises:
+      ValueError: bad arguments, or a multi-device ``mesh`` with ``"als"`` / ``"sgd"`` (not
+        data-parallel: fit them without a mesh).
     """
     import time
 
@@ -529,6 +583,11 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     if lr <= 0 and method != "als":
         raise ValueError(f"lr must be > 0, got {lr}")
     _direction(optimizer)
+    if mesh is not None and mesh.size == 1:
+        mesh = None  # one device: nothing changes
+    if mesh is not None and method not in DATA_PARALLEL_METHODS:
+        raise ValueError(f"method {method!r} is not data-parallel and cannot use a {mesh.size}-device mesh; "
+                         f"data-parallel methods: {', '.join(DATA_PARALLEL_METHODS)} (or fit without a mesh)")
     users = np.asarray(train["user"], np.int32)
     items = np.asarray(train["item"], np.int32)
     ratings = np.asarray(train["rating"], np.float32)
@@ -548,6 +607,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     rows_u = jnp.asarray(users)
     rows_i = jnp.asarray(items + num_users)
     r = jnp.asarray(ratings)
+    if mesh is not None:  # everything replicated; the programs split the batches themselves
+        table, mu, rows_u, rows_i, r, k_shuffle = parallel.replicate((table, mu, rows_u, rows_i, r, k_shuffle), mesh)
     hyper = (f32(reg), f32(reg_bias))
     setup = {"run": 0.0, "compile": 0.0}
 
@@ -575,13 +636,20 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
                                    chunk=min(chunk, ratings.size))
         step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)  # noqa: E731
     elif method == "fullbatch" and num_users * num_items <= dense_limit:
-        ju, ji = jnp.asarray(users), jnp.asarray(items)
+        ju, ji = rows_u, rows_i - num_users
         mats = timed(_dense_ratings, ju, ji, r, mu, num_users=num_users, num_items=num_items)
         counts = (jnp.sum(mats[0], axis=1), jnp.sum(mats[0], axis=0))
         state = [_direction(optimizer).init(table)]
+        if mesh is not None:
+            state[0] = parallel.replicate(state[0], mesh)
+            if num_users % mesh.size == 0:  # split the (U, I) matrices and counts_u along users
+                mats, cu = parallel.shard_batch((mats, counts[0]), mesh)
+                counts = (cu, parallel.replicate(counts[1], mesh))
+            else:
+                mats, counts = parallel.replicate((mats, counts), mesh)
         args = (*mats, *counts, f32(lr)) + hyper
         exe, compile_s = _compiled(_dense_gd_epoch, table, state[0], mu, *args, optimizer=optimizer,
-                                   num_users=num_users)
+                                   num_users=num_users, mesh=mesh)
 
         def step(t, e):
             t, state[0], value = exe(t, state[0], mu, *args)
@@ -589,10 +657,12 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     else:
         b = ratings.size if method == "fullbatch" else min(batch_size, ratings.size)
         state = [_direction(optimizer).init(table)]
-        keys = jax.random.split(k_shuffle, epochs)
+        keys = list(jax.random.split(k_shuffle, epochs))
+        if mesh is not None:
+            state[0], keys = parallel.replicate((state[0], keys), mesh)
         args = (rows_u, rows_i, r, f32(lr)) + hyper
         exe, compile_s = _compiled(_minibatch_epoch, table, state[0], keys[0], mu, *args,
-                                   optimizer=optimizer, batch_size=b)
+                                   optimizer=optimizer, batch_size=b, mesh=mesh)
 
         def step(t, e):
             t, state[0], value = exe(t, state[0], keys[e], mu, *args)
