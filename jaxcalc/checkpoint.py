@@ -36,12 +36,19 @@ def _encode(tree):
 
 
 def _abstract(tree):
-    """Abstract restore target: shapes/dtypes of ``tree`` (concrete or ``ShapeDtypeStruct``), keys as data."""
+    """Abstract restore target: shapes/dtypes of ``tree`` (concrete or ``ShapeDtypeStruct``), keys as data.
+
+    Targets are placed on this process's first device, so a checkpoint saved from arrays
+    replicated or sharded over N devices restores under any device count (orbax otherwise
+    refuses a topology it did not save).
+    """
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def leaf(x):
         if _is_key(x):
-            return jax.eval_shape(jax.random.key_data, x)
-        return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+            shape = jax.eval_shape(jax.random.key_data, x)
+            return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=single)
+        return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=single)
 
     return jax.tree.map(leaf, tree)
 

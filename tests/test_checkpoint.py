@@ -82,3 +82,34 @@ def test_max_to_keep_and_missing(tmp_path, state):
         assert ck.latest() is None
         with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
             ck.restore(None, {"params": state["params"]})
+
+
+def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
+    """Arrays replicated over a mesh are saved in one process and restored under another device count."""
+    import subprocess
+    import sys
+    import textwrap
+
+    save = textwrap.dedent(f"""
+        import jax
+        jax.config.update("jax_num_cpu_devices", 8)
+        import jax.numpy as jnp
+        from jaxcalc import parallel
+        from jaxcalc.checkpoint import Checkpointer
+        tree = parallel.replicate({{"w": jnp.arange(16.0).reshape(4, 4), "k": jax.random.key(3)}},
+                                  parallel.make_mesh(8))
+        c = Checkpointer({str(tmp_path)!r})
+        c.save(1, {{"state": tree}}, meta={{"devices": 8}})
+        c.close()
+    """)
+    subprocess.run([sys.executable, "-c", save], check=True, capture_output=True)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxcalc.checkpoint import Checkpointer
+
+    trees, meta = Checkpointer(tmp_path).restore(None, {"state": {"w": jnp.zeros((4, 4)), "k": jax.random.key(0)}})
+    np.testing.assert_array_equal(trees["state"]["w"], np.arange(16.0).reshape(4, 4))
+    np.testing.assert_array_equal(jax.random.key_data(trees["state"]["k"]), jax.random.key_data(jax.random.key(3)))
+    assert meta == {"devices": 8}
