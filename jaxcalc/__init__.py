@@ -9,7 +9,8 @@ from jaxcalc import losses  # noqa: E402
 from jaxcalc.errors import DivergenceError, GradientCheckError  # noqa: E402
 
 # Heavier modules load on first use: `jaxcalc.check_grads`, `jaxcalc.train.fit`, ...
-_LAZY_ATTRS = {"check_grads": "jaxcalc.gradcheck", "fit": "jaxcalc.train", "sweep": "jaxcalc.train"}
+_LAZY_ATTRS = {"check_grads": "jaxcalc.gradcheck", "fit": "jaxcalc.train", "sweep": "jaxcalc.train",
+               "lr_find": "jaxcalc.train"}
 _SUBMODULES = {"derivatives", "gradcheck", "integrate", "optim", "train", "per_example", "backprop",
                "models", "data", "parallel", "checkpoint", "ops", "runio", "cli"}
 
@@ -22,4 +23,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxcalc' has no attribute {name!r}")
 
 
-__all__ = ["losses", "check_grads", "fit", "sweep", "DivergenceError", "GradientCheckError", "__version__"]
+__all__ = ["losses", "check_grads", "fit", "sweep", "lr_find", "DivergenceError", "GradientCheckError", "__version__"]
