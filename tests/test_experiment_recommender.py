@@ -71,3 +71,99 @@ def test_recommend_command_prints_titles(tmp_path, capsys):
         assert item not in rated and f"Film {item}" in ln
     assert exp.recommend_command(["--ratings", str(tmp_path / "u.data"), "--user", "4242"]) == 2
     assert "user id 4242" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --devices N (8 simulated CPU devices)
+
+_DEVICES_SCRIPT = r'''
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 8)  # before any other JAX use
+jax.config.update("jax_numpy_rank_promotion", "raise")
+import numpy as np
+from jaxcalc import parallel
+from jaxcalc.models import recommender as rec
+from experiments import recommender as exp
+
+out = {"n_devices": jax.device_count()}
+rng = np.random.default_rng(0)
+U, I, n = 24, 16, 203  # 203 ratings: a whole-data batch is not a multiple of 8 (padded, masked)
+train = {"user": rng.integers(0, U, n).astype(np.int32), "item": rng.integers(0, I, n).astype(np.int32),
+         "rating": rng.integers(1, 6, n).astype(np.float32)}
+mesh = parallel.make_mesh(8)
+cases = {"minibatch_b64": dict(method="minibatch", batch_size=64),
+         "minibatch_padded": dict(method="minibatch", batch_size=4096),
+         "fullbatch_dense_sharded": dict(method="fullbatch")}
+for name, kw in cases.items():
+    fits = [rec.fit(train, U, I, factors=3, epochs=3, lr=0.05, reg=0.05, key=jax.random.key(1), mesh=m, **kw)
+            for m in (None, mesh)]
+    out[name] = {"params": [{k: np.asarray(v).tolist() for k, v in f.params.items()} for f in fits],
+                 "history": [f.history.tolist() for f in fits],
+                 "replicated": all(v.sharding.is_fully_replicated and len(v.sharding.device_set) == 8
+                                   for v in fits[1].params.values())}
+table, mu = rec.pack(rec.init(jax.random.key(0), U, I, factors=3))
+args = parallel.replicate((table, rec._direction("adam").init(table), jax.random.key(2), mu,
+                           train["user"], train["item"] + U, train["rating"]), mesh)
+hlo = rec._minibatch_epoch.lower(*args, np.float32(0.01), np.float32(0.05), np.float32(0.05),
+                                 optimizer="adam", batch_size=64, mesh=mesh).compile().as_text()
+out["all_reduce_in_epoch"] = "all-reduce" in hlo
+try:
+    rec.fit(train, U, I, method="als", epochs=1, key=jax.random.key(1), mesh=mesh)
+    out["als_error"] = None
+except ValueError as e:
+    out["als_error"] = str(e)
+tiny = dict(users=32, items=24, density=0.4, epochs=3, factors=2, reg=0.1, batch_size=64)
+out["runs"] = {f"{m}_{d}": exp.run(exp.Config(method=m, devices=d, **tiny), sys.argv[1] + f"/{m}_{d}")
+               for m, d in [("minibatch", 1), ("minibatch", 8), ("als", 8)]}
+print(json.dumps(out, default=str))
+'''
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    """Run _DEVICES_SCRIPT in a fresh interpreter with 8 simulated CPU devices."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(tmp_path_factory.mktemp("dev"))],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["minibatch_b64", "minibatch_padded", "fullbatch_dense_sharded"])
+def test_fit_on_8_devices_matches_1_device(eight_devices, case):
+    assert eight_devices["n_devices"] == 8
+    one, eight = eight_devices[case]["params"]
+    assert eight_devices[case]["replicated"]  # params come back as a full copy on each of the 8 devices
+    for k in one:  # same math, gradient summed in another order: float32 rounding apart
+        np.testing.assert_allclose(eight[k], one[k], rtol=1e-5, atol=1e-6, err_msg=f"{case}: {k}")
+    np.testing.assert_allclose(*eight_devices[case]["history"], rtol=1e-5)
+    assert not np.allclose(one["user_factors"], 0)  # it trained: a real comparison
+
+
+def test_minibatch_epoch_on_a_mesh_all_reduces(eight_devices):
+    assert eight_devices["all_reduce_in_epoch"]  # the batch really is split: XLA sums the gradient
+
+
+def test_als_with_a_mesh_raises(eight_devices):
+    assert "not data-parallel" in eight_devices["als_error"] and "minibatch" in eight_devices["als_error"]
+
+
+def test_run_devices_8_gives_the_1_device_figures(eight_devices):
+    runs = eight_devices["runs"]
+    one, eight = runs["minibatch_1"], runs["minibatch_8"]
+    for k in ("test_rmse", "test_mae", "train_rmse", "bias_only_rmse", "precision_at_10"):
+        assert eight[k] == pytest.approx(one[k], rel=1e-5), k
+    assert (one["devices"], one["devices_used"], one["data_parallel"]) == (1, 1, False)
+    assert (eight["devices"], eight["devices_used"], eight["data_parallel"]) == (8, 8, True)
+    # every trained parameter's float32 gradient: (U + I) * (factors + 1) * 4 bytes
+    assert eight["allreduce_bytes_per_step"] == one["allreduce_bytes_per_step"] == (32 + 24) * 3 * 4
+    als = runs["als_8"]
+    assert (als["devices_used"], als["data_parallel"]) == (1, False) and "als" in als["devices_note"]
+    assert np.isfinite(als["test_rmse"])
