@@ -19,6 +19,20 @@ trained with the hand-written backward pass inside ``jaxcalc.train.fit``, and it
 trained through ``nnx.split``/``nnx.merge`` from the same initial weights; then the diabetes
 regression set, the MLP's test R² beside closed-form linear least squares.
 
+Data parallelism (``--devices N``, ``jaxcalc.parallel``): the training runs whose batches split
+evenly over N devices get ``mesh=parallel.make_mesh(N)`` in ``jaxcalc.train.fit``: each step's
+batch is split across the devices, parameters and Adam state replicated, the gradient
+all-reduced by XLA (``allreduce_bytes_per_step`` in the summary: the digits MLP's float32
+gradient). The digits batch size is rounded down to a multiple of N (at least N; the summary's
+``digits_batch_size`` is the one used; the defaults, 64 and ``--quick``'s 128, are multiples of
+8, so ``--devices 8`` trains on the same batches as ``--devices 1``). Diabetes is full-batch: it
+is split only when its training set (354 examples) divides by N, else it runs on one device.
+The article's example 2 (2 examples, 5 seeds vmapped) cannot be split over 8 devices and is far
+too small to gain: it always runs unsplit on one device. ``summary["data_parallel"]`` says how
+each part ran. N devices agree with one device to float32 rounding (the batch means are summed
+in a different order), not bit for bit. On a CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` simulates 8 devices.
+
 Part C: gradient norms per layer at initialisation of a 10-layer net (width 64, digits
 inputs, cross-entropy): sigmoid with naive N(0, 1) weights, sigmoid with Glorot weights, relu
 with He weights. Going back one layer multiplies the gradient by ``Wᵀ diag(σ'(z))``. With
@@ -41,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcalc import backprop, optim, train
+from jaxcalc import backprop, optim, parallel, train
 from jaxcalc.data.digits import load_digits_images, stratified_split
 from jaxcalc.models.linear import least_squares, linear_apply
 from jaxcalc.models.mlp import (
@@ -85,8 +99,12 @@ class Config:
     depth: int = 10
     depth_width: int = 64
     depth_batch: int = 256
+    # data parallelism: use this many of jax.devices() (see the module docstring)
+    devices: int = 1
 
     def __post_init__(self):
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1:
+            raise ValueError(f"devices must be an integer >= 1, got {self.devices!r}")
         for name in ("epochs", "n_seeds", "digits_epochs", "digits_batch_size", "diabetes_epochs",
                      "depth_width", "depth_batch"):
             if getattr(self, name) < 1:
@@ -276,7 +294,22 @@ def _standardise(train_x, *others):
     return [((a - mean) / std).astype(np.float32) for a in (train_x,) + others]
 
 
-def _digits(config: Config, writer: RunWriter) -> dict:
+def _split_mesh(mesh, n: int):
+    """``mesh`` if ``n`` examples split evenly over its devices, else ``None`` (one device)."""
+    return mesh if mesh is not None and n % mesh.size == 0 else None
+
+
+def parallel_batch_size(batch_size: int, n: int, devices: int) -> int:
+    """The digits batch size used on ``devices`` devices: ``min(batch_size, n)`` rounded down to
+    a multiple of ``devices`` (at least ``devices``; unchanged when ``devices > n``)."""
+    bs = min(batch_size, n)
+    if devices > n:
+        return bs
+    return max(devices, bs // devices * devices)
+
+
+def _digits(config: Config, writer: RunWriter, mesh=None) -> dict:
+    """Part B, digits; ``mesh``: data-parallel training (``None``: one device)."""
     images, labels = load_digits_images()
     tr, te = stratified_split(labels, test_fraction=0.2, seed=config.seed)
     flat = images.reshape(len(images), -1).astype(np.float32)
@@ -308,8 +341,11 @@ def _digits(config: Config, writer: RunWriter) -> dict:
 
     # drop_last: the n % batch_size left-over examples (different ones each epoch) skip the epoch,
     # so every step has the same shape and the epoch compiles as one scan.
+    devices = 1 if mesh is None else mesh.size
+    batch_size = parallel_batch_size(config.digits_batch_size, len(y_tr), devices)
+    mesh = _split_mesh(mesh, batch_size)
     fit_kw = dict(optimizer=optim.adam(config.digits_lr), method="minibatch", epochs=config.digits_epochs,
-                  batch_size=min(config.digits_batch_size, len(y_tr)), key=k_fit, drop_last=True)
+                  batch_size=batch_size, key=k_fit, drop_last=True, mesh=mesh)
     params, hist = train.fit(backprop_ce, params0, data, callback=log_epoch, **fit_kw)
 
     # The flax NNX twin, same initial weights, trained through nnx.split / nnx.merge.
@@ -336,6 +372,10 @@ def _digits(config: Config, writer: RunWriter) -> dict:
         "digits_param_count": param_count(params),
         "digits_n_train": int(len(y_tr)),
         "digits_n_test": int(len(y_te)),
+        "digits_batch_size": batch_size,
+        "digits_data_parallel": mesh is not None,
+        # one float32 gradient per parameter all-reduced per data-parallel step
+        "allreduce_bytes_per_step": parallel.allreduce_bytes_per_step(params0),
         "digits_train_accuracy": train_acc,
         "digits_test_accuracy": float(test_acc),
         "nnx_digits_test_accuracy": float(nnx_acc),
@@ -349,7 +389,8 @@ def r2_score(pred, y) -> float:
     return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
-def _diabetes(config: Config, writer: RunWriter) -> dict:
+def _diabetes(config: Config, writer: RunWriter, mesh=None) -> dict:
+    """Part B, diabetes (full batch); split over ``mesh`` when the training set divides evenly."""
     from sklearn.datasets import load_diabetes
 
     d = load_diabetes()
@@ -367,14 +408,17 @@ def _diabetes(config: Config, writer: RunWriter) -> dict:
     sizes = (x.shape[1],) + tuple(config.diabetes_hidden) + (1,)
     params0 = init_mlp(jax.random.fold_in(jax.random.key(config.seed), 2), sizes, init="he")
     data = {"x": jnp.asarray(x_tr), "y": jnp.asarray(t_tr)}
+    mesh = _split_mesh(mesh, len(tr))
     opt = optim.adamw(config.diabetes_lr, weight_decay=config.diabetes_weight_decay)
     params, hist = train.fit(article_loss, params0, data, optimizer=opt, method="batch",
-                             epochs=config.diabetes_epochs)
+                             epochs=config.diabetes_epochs, mesh=mesh)
     pred = np.asarray(mlp_apply(params, jnp.asarray(x_te)))[:, 0] * y_std + y_mean
     writer.log_many({"part": "B-diabetes", "epoch": e + 1, "train_loss": float(v)}
                     for e, v in enumerate(hist["loss"]))
     return {
         "diabetes_sizes": list(sizes),
+        "diabetes_n_train": int(len(tr)),
+        "diabetes_data_parallel": mesh is not None,
         "diabetes_mlp_test_r2": r2_score(pred, y[te]),
         "diabetes_linear_test_r2": lin_r2,
     }
@@ -437,13 +481,34 @@ def part_c(config: Config, writer: RunWriter) -> dict:
 
 
 # ------------------------------------------------------------------ run
+def _parallel_note(summary: dict, devices: int) -> dict:
+    """How each part ran, for ``summary["data_parallel"]``."""
+    if devices == 1:
+        one = "one device"
+        return {"article_example_2": one, "digits": one, "diabetes": one}
+    split = f"split over {devices} devices (params replicated, gradients all-reduced)"
+    return {
+        "article_example_2": f"one device, not split: 2 examples ({summary['article_param_count']} "
+                             f"parameters, {len(summary['seed_final_losses'])} seed(s) vmapped)",
+        "digits": (f"batches of {summary['digits_batch_size']} " + split if summary["digits_data_parallel"]
+                   else f"one device: batch {summary['digits_batch_size']} does not split over {devices}"),
+        "diabetes": (f"full batch of {summary['diabetes_n_train']} " + split if summary["diabetes_data_parallel"]
+                     else f"one device: the full batch of {summary['diabetes_n_train']} examples "
+                          f"does not split over {devices}"),
+    }
+
+
 def run(config: Config, out_dir) -> dict:
+    # Before any output: too many devices -> ValueError (CLI exit 2) naming what is available.
+    mesh = parallel.make_mesh(config.devices) if config.devices > 1 else None
     writer = RunWriter(out_dir, config)
     summary, weights = part_a(config, writer)
     from jaxcalc.runio import write_json_atomic
 
     write_json_atomic(writer.out_dir / "weights.json", weights)
-    summary.update(_digits(config, writer))
-    summary.update(_diabetes(config, writer))
+    summary.update(_digits(config, writer, mesh))
+    summary.update(_diabetes(config, writer, mesh))
     summary.update(part_c(config, writer))
+    summary["devices"] = config.devices
+    summary["data_parallel"] = _parallel_note(summary, config.devices)
     return writer.finish(summary)
