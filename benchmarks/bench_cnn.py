@@ -14,7 +14,9 @@ Sides, each in its own subprocess, run one after another and alternated over ``-
 - ``jax-fused``: the same step with ``ops.conv2d_relu_max_pool`` (chunked conv+relu+pool).
 - ``jaxcalc-model``: the real ``jaxcalc.models.cnn`` step (flax NNX module split once, its own
   loss, optax Adam), whatever ops it calls.
-- ``torch`` / ``torch-cl``: PyTorch eager, NCHW default / ``channels_last``.
+- ``torch`` / ``torch-cl``: PyTorch eager, NCHW default / ``channels_last``, default threads;
+  ``torch-cl-1t``: ``channels_last`` on one thread (on a loaded 2-core VM PyTorch's OpenMP
+  pool can be several times slower with 2 threads than with 1, so its best setting is shown).
 - ``keras-xla`` / ``keras``: Keras 3 on TensorFlow, ``jit_compile=True`` / ``False`` (oneDNN).
 - ``peak``: a 2048x2048 float32 matmul in JAX: the machine's matmul peak, for the %-of-peak column.
 
@@ -45,7 +47,7 @@ import time
 FWD_FLOPS = 30 * 30 * 32 * 27 * 2 + 7200 * 64 * 2 + 64 * 10 * 2
 TRAIN_FLOPS = 3 * FWD_FLOPS
 JAX_SIDES = ("jax-xla", "jax-ops", "jax-fused", "jaxcalc-model")
-PEER_SIDES = ("torch", "torch-cl", "keras-xla", "keras")
+PEER_SIDES = ("torch", "torch-cl", "torch-cl-1t", "keras-xla", "keras")
 
 
 # ============================================================================ workers
@@ -145,12 +147,14 @@ def worker_torch(side, batch, steps):
     from torch import nn
 
     torch.manual_seed(0)
+    if side.endswith("-1t"):
+        torch.set_num_threads(1)
     model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(7200, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((batch, 3, 32, 32), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, 10, batch).astype(np.int64))
-    if side == "torch-cl":
+    if side.startswith("torch-cl"):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -308,7 +312,7 @@ def main(argv=None):
         jx = best([s for s in JAX_SIDES if s != "jax-xla"], batch)
         if jx is None:
             continue
-        for label, sides in (("PyTorch eager (best layout)", ("torch", "torch-cl")),
+        for label, sides in (("PyTorch eager (best layout/threads)", ("torch", "torch-cl", "torch-cl-1t")),
                              ("Keras/TF (best of jit on/off)", ("keras", "keras-xla")),
                              ("JAX lax.conv + reduce_window", ("jax-xla",))):
             pr = best(sides, batch)
