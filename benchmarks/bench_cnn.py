@@ -251,7 +251,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="timed steps per process (after 2 warm-up steps)")
     ap.add_argument("--runs", type=int, default=2, help="process runs per side and batch, alternated")
     ap.add_argument("--sides", nargs="+", default=list(JAX_SIDES + PEER_SIDES))
-    ap.add_argument("--tf-python", default=None, help="python interpreter that has tensorflow (optional)")
+    ap.add_argument("--tf-python", default=os.environ.get("JAXCALC_BENCH_TF_PYTHON"),
+                    help="python interpreter that has tensorflow (optional; default $JAXCALC_BENCH_TF_PYTHON)")
     ap.add_argument("--no-hugepages", dest="hugepages", action="store_false")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--worker", help=argparse.SUPPRESS)

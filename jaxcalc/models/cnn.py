@@ -130,8 +130,9 @@ class CNN(nnx.Module):
             raise TypeError(f"CNN input must be floating point (scale uint8 images first), got {jnp.result_type(x)}")
         if train and key is None:
             raise ValueError("train=True needs a dropout key: apply(params, x, key=key, train=True)")
-        h = jax.nn.relu(ops.conv2d(x, self.conv_kernel[...], self.conv_bias[...], padding="VALID"))
-        h = ops.max_pool(h, s.pool)
+        # conv -> relu -> max-pool as one op: on CPU a chunked im2col matmul whose backward keeps only
+        # the argmax per pooled output (jaxcalc.ops); on GPU/TPU lax.conv + reduce_window.
+        h = ops.conv2d_relu_max_pool(x, self.conv_kernel[...], self.conv_bias[...], window=s.pool)
         h = h.reshape(h.shape[0], -1)
         h = jax.nn.relu(self.dense(h))
         h = self.dropout(h, deterministic=not train, rngs=key)
