@@ -6,9 +6,13 @@ import pytest
 
 from experiments import mlp
 
+# Small enough for a smoke test: every part runs, with tiny networks and few epochs.
+TINY = {"epochs": 60, "n_seeds": 2, "digits_hidden": (16,), "digits_epochs": 2, "digits_batch_size": 128,
+        "diabetes_hidden": (4,), "diabetes_epochs": 5, "depth": 4, "depth_width": 16, "depth_batch": 32}
+
 
 def test_mlp_experiment_smoke(tmp_path, capsys):
-    config = mlp.Config(**{**mlp.QUICK, "epochs": 30, "digits_epochs": 1, "diabetes_epochs": 3, "depth": 3})
+    config = mlp.Config(**{**TINY, "epochs": 30, "digits_epochs": 1, "diabetes_epochs": 3, "depth": 3})
     summary = mlp.run(config, tmp_path)
     for name in ("config.json", "metrics.jsonl", "summary.json", "weights.json", "loss_curves.png",
                  "digits_loss.png", "grad_norms_per_layer.png"):
@@ -77,7 +81,7 @@ from jaxcalc import parallel
 from jaxcalc.runio import RunWriter
 
 assert jax.device_count() == 8, jax.devices()
-tiny = dict(mlp.QUICK, digits_epochs=2, diabetes_epochs=4)
+tiny = dict(json.loads(sys.argv[1]), digits_epochs=2, diabetes_epochs=4)
 out = {}
 
 def part(fn, devices, **overrides):
@@ -107,7 +111,7 @@ def test_mlp_data_parallel_8_devices_matches_1_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT], env=env, cwd=root,
+    proc = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT, json.dumps(TINY)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
