@@ -1,7 +1,10 @@
 """Test-wide JAX settings: silent rank broadcasting fails loudly (e.g. (n,) - (n, 1))."""
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# CLI runs inside tests use a throw-away compilation cache, never the user's.
+os.environ.setdefault("JAXCALC_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcalc-test-cache-"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -135,3 +135,33 @@ def test_empty_batch():
 def test_huber_bad_delta():
     with pytest.raises(ValueError, match="delta"):
         L.huber(jnp.zeros(2), jnp.zeros(2), delta=0.0)
+
+
+# --- properties (hypothesis) ---------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_floats, min_size=5, max_size=5), st.lists(_floats, min_size=5, max_size=5))
+def test_regression_losses_properties(p, t):
+    p, t = jnp.array(p, jnp.float32), jnp.array(t, jnp.float32)
+    assert float(L.mse(p, t)) >= 0 and float(L.mae(p, t)) >= 0
+    np.testing.assert_allclose(L.mse(p, t), L.mse(t, p), rtol=1e-6)          # symmetric
+    np.testing.assert_allclose(L.huber(p, t, delta=1e6), 0.5 * L.squared_error(p, t), rtol=1e-5)  # huge delta: ½e²
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_floats, min_size=4, max_size=4), st.integers(0, 3))
+def test_cross_entropy_properties(z, label):
+    logits = jnp.array([z], jnp.float32)
+    labels = jnp.array([label])
+    value = float(L.cross_entropy(logits, labels))
+    assert value >= 0 and np.isfinite(value)
+    grad = jax.grad(L.cross_entropy)(logits, labels)
+    assert abs(float(jnp.sum(grad))) < 1e-5     # softmax − one_hot sums to zero
+    shifted = float(L.cross_entropy(logits + 7.0, labels))  # invariant to adding a constant to every logit
+    assert shifted == pytest.approx(value, rel=1e-4, abs=1e-3)
