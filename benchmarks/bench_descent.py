@@ -24,23 +24,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
+
+from _timing import fmt_times, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 N_ITER = 1000
 B_N, B_D, B_LR = 100_000, 16, 0.1
 MLP_SIZES = (784, 256, 10)
 LOOP_SUBSET = 32
-
-
-def _timeit(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _compile(jitted, *args, **kwargs):
@@ -80,7 +71,7 @@ def worker_a_jax():
     p0 = {"w": jnp.float32(0.0), "b": jnp.float32(0.0)}
     compiled, t_compile = _compile(train, p0)
     out = jax.block_until_ready(compiled(p0))
-    times = _timeit(lambda: jax.block_until_ready(compiled(p0)), 300)
+    times = timeit(lambda: jax.block_until_ready(compiled(p0)), 300)
     return {"times": times, "compile": t_compile, "w": float(out["w"]), "b": float(out["b"]),
             "device": str(jax.devices()[0]), "platform": jax.devices()[0].platform}
 
@@ -104,7 +95,7 @@ def worker_a_numpy():
     x = np.array([1.0, 2.0, 3.0])  # correct shape (3,)
     y = np.array([2.0, 4.0, 6.0])
     w, b = _article_numpy(x, y)
-    times = _timeit(lambda: _article_numpy(x, y), 15)
+    times = timeit(lambda: _article_numpy(x, y), 15)
     return {"times": times, "w": float(w), "b": float(b)}
 
 
@@ -114,7 +105,7 @@ def worker_a_numpy_as_written():
     x = np.array([[1], [2], [3]])  # the article's X, shape (3, 1): (3, 1) − (3,) broadcasts to (3, 3)
     y = np.array([2, 4, 6])
     w, b = _article_numpy(x, y)
-    times = _timeit(lambda: _article_numpy(x, y), 15)
+    times = timeit(lambda: _article_numpy(x, y), 15)
     return {"times": times, "w": float(np.asarray(w).ravel()[0]), "b": float(np.asarray(b).ravel()[0])}
 
 
@@ -178,7 +169,7 @@ def worker_b_jax(variant):
     p0 = {"w": jnp.zeros(B_D, jnp.float32), "b": jnp.float32(0.0)}
     compiled, t_compile = _compile(train, p0, x, y)
     out = jax.block_until_ready(compiled(p0, x, y))
-    times = _timeit(lambda: jax.block_until_ready(compiled(p0, x, y)), 4)
+    times = timeit(lambda: jax.block_until_ready(compiled(p0, x, y)), 4)
     err = float(jnp.max(jnp.abs(out["w"] - w_true)))
     return {"times": times, "compile": t_compile, "w_err": err, "b": float(out["b"]),
             "device": str(jax.devices()[0])}
@@ -202,12 +193,12 @@ def worker_b_numpy():
 
     res = []
     reps = 2 if os.environ.get("OPENBLAS_NUM_THREADS") == "1" else 1  # default threads: pathologically slow here
-    times = _timeit(lambda: res.append(train()), reps)  # no compile to warm up; results kept
+    times = timeit(lambda: res.append(train()), reps)  # no compile to warm up; results kept
     w, b = res[-1]
     # this machine's read bandwidth: sum of a 256 MB float32 array (beyond L2, not beyond L3)
     big = np.ones(64 * 2**20, np.float32)
     big.sum()
-    bw = [big.nbytes / t / 1e9 for t in _timeit(big.sum, 5)]
+    bw = [big.nbytes / t / 1e9 for t in timeit(big.sum, 5)]
     return {"times": times, "w_err": float(np.max(np.abs(w - w_true))), "b": float(b),
             "read_gbps": statistics.median(bw)}
 
@@ -233,7 +224,7 @@ def worker_b_torch(threads=None):
         return w, b
 
     res = []
-    times = _timeit(lambda: res.append(train()), 2 if threads == 1 else 1)
+    times = timeit(lambda: res.append(train()), 2 if threads == 1 else 1)
     w, _ = res[-1]
     return {"times": times, "w_err": float((w - torch.from_numpy(w_true)).abs().max()),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -276,8 +267,8 @@ def worker_c_jax(batch_size):
     times = {"plain": [], "ghost": []}
     for _ in range(30):
         for name in times:
-            times[name] += _timeit(lambda: jax.block_until_ready(calls[name]()), 1)
-    times["vmap"] = _timeit(lambda: jax.block_until_ready(calls["vmap"]()), 5)
+            times[name] += timeit(lambda: jax.block_until_ready(calls[name]()), 1)
+    times["vmap"] = timeit(lambda: jax.block_until_ready(calls["vmap"]()), 5)
     for name, t_c in (("plain", t_plain), ("ghost", t_ghost), ("vmap", t_vmap)):
         out[name] = {"times": times[name], "compile": t_c}
     # a Python loop of a jitted one-example gradient, on LOOP_SUBSET examples, scaled to the batch
@@ -289,7 +280,7 @@ def worker_c_jax(batch_size):
         for b in sub:
             jax.block_until_ready(g1(params, b))
 
-    out["loop"] = {"times": [t * batch_size / LOOP_SUBSET for t in _timeit(loop, 5)]}
+    out["loop"] = {"times": [t * batch_size / LOOP_SUBSET for t in timeit(loop, 5)]}
     # the clipped step is right: ghost == vmap on this batch
     ghost_g, aux = calls["ghost"]()
     ref, _ = calls["vmap"]()
@@ -332,11 +323,7 @@ WORKER_ENV = {
 
 
 def _spawn(name):
-    env = dict(os.environ, **WORKER_ENV.get(name, {}))
-    result = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        sys.exit(f"worker {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return spawn_worker(__file__, name, env=dict(os.environ, **WORKER_ENV.get(name, {})))
 
 
 def _merge(runs):
@@ -352,12 +339,6 @@ def _merge(runs):
         elif isinstance(val, dict) and "times" in val:
             merged[key] = _merge([r[key] for r in runs])
     return merged
-
-
-def _fmt(times, unit="ms"):
-    f = {"ms": 1e3, "s": 1.0, "us": 1e6}[unit]
-    med = statistics.median(times)
-    return f"{med * f:.3g} {unit} [{min(times) * f:.3g}–{max(times) * f:.3g}]", med
 
 
 def main():
@@ -389,9 +370,9 @@ def main():
     compile_lines = []
 
     if "a" in groups:
-        j, jm = _fmt(r["a_jax"]["times"], "us")
-        n, nm = _fmt(r["a_numpy"]["times"])
-        aw, awm = _fmt(r["a_numpy_as_written"]["times"])
+        j, jm = fmt_times(r["a_jax"]["times"], "us")
+        n, nm = fmt_times(r["a_numpy"]["times"])
+        aw, awm = fmt_times(r["a_numpy_as_written"]["times"])
         print(f"| (a) article ex. 1, 1000 GD iters | {j} | numpy loop {n} | **{nm / jm:.0f}x** | "
               f"target >= 100x; jaxcalc w={r['a_jax']['w']:.4f} b={r['a_jax']['b']:.4f}, "
               f"numpy w={r['a_numpy']['w']:.4f} b={r['a_numpy']['b']:.4f} |")
@@ -402,7 +383,7 @@ def main():
 
     if "b" in groups:
         gb = B_N * B_D * 4 * N_ITER / 1e9
-        peers = {k: _fmt(r[k]["times"], "s") for k in ("b_numpy", "b_numpy_1thread")}
+        peers = {k: fmt_times(r[k]["times"], "s") for k in ("b_numpy", "b_numpy_1thread")}
         best_np = min(peers, key=lambda k: peers[k][1])
         n, nm = peers[best_np]
         np_label = "numpy, 1 BLAS thread" if best_np == "b_numpy_1thread" else "numpy, default threads"
@@ -411,12 +392,12 @@ def main():
                     ("b_jax_matmul", "hand-written Xᵀ(Xw+b−y) matmuls"),
                     ("b_jax_1thread", "jax.grad of losses.mse, XLA on 1 thread"))
         for key, label in jax_rows:
-            j, jm = _fmt(r[key]["times"], "s")
+            j, jm = fmt_times(r[key]["times"], "s")
             print(f"| (b) n=100k d=16 GD, 1000 iters, {label} | {j} ({gb / jm:.1f} GB/s) | {np_label} {n} "
                   f"({gb / nm:.1f} GB/s) | **{nm / jm:.2f}x** | target >= 1.3x vs the faster numpy; "
                   f"max abs(w − w_true) jax {r[key]['w_err']:.1e}, numpy {r[best_np]['w_err']:.1e} |")
             compile_lines.append(f"(b) {label}: {r[key]['compile'] * 1e3:.0f} ms")
-        j, jm = _fmt(r["b_jax_gram"]["times"], "ms")
+        j, jm = fmt_times(r["b_jax_gram"]["times"], "ms")
         print(f"| (b) same GD iterates via XᵀX, Xᵀy (one pass over X, then O(d²) per iteration) | {j} | "
               f"{np_label} {n} | {nm / jm:.0f}x | a different algorithm: not a per-iteration pass over X, "
               f"numpy could do it too; not counted for the target; max abs(w − w_true) "
@@ -428,7 +409,7 @@ def main():
             if "skipped" in r[key]:
                 print(f"| (b) {label} | | skipped | | {r[key]['skipped']} |")
                 continue
-            t, tm = _fmt(r[key]["times"], "s")
+            t, tm = fmt_times(r[key]["times"], "s")
             extra = f"torch {r[key]['torch']}, {r[key]['threads']} threads" if "torch" in r[key] else ""
             print(f"| (b) {label} | {best_jax:.3g} s (fastest jax row) | {t} ({gb / tm:.1f} GB/s) | "
                   f"{tm / best_jax:.2f}x | {extra} |")
@@ -438,10 +419,10 @@ def main():
     if "c" in groups:
         for bs in (256, 1024):
             c = r[f"c_jax_{bs}"]
-            p, pm = _fmt(c["plain"]["times"])
-            g, gm = _fmt(c["ghost"]["times"])
-            v, vm = _fmt(c["vmap"]["times"])
-            lp, lm = _fmt(c["loop"]["times"])
+            p, pm = fmt_times(c["plain"]["times"])
+            g, gm = fmt_times(c["ghost"]["times"])
+            v, vm = fmt_times(c["vmap"]["times"])
+            lp, lm = fmt_times(c["loop"]["times"])
             print(f"| (c) MLP 784-256-10 batch {bs}: ghost-norm clipped step vs plain batch grad | {g} | "
                   f"plain {p} | **{gm / pm:.2f}x slower** | target <= 3x; clipped fraction "
                   f"{c['clipped_fraction']:.2f}; max abs(ghost − vmap) {c['max_diff_ghost_vmap']:.1e} |")

@@ -25,24 +25,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _timing import fmt_times, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 EPOCHS = 1000
 B_SIZES = (784, 256, 256, 10)
 B_BATCH = 256
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _timeit(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _device():
@@ -77,7 +69,7 @@ def worker_a_scan(grad="autodiff"):
     compiled = exp.train_article.lower(params, x, y, lr, epochs=EPOCHS, grad=grad).compile()
     t_compile = time.perf_counter() - t
     _, losses = jax.block_until_ready(compiled(params, x, y, lr))
-    times = _timeit(lambda: jax.block_until_ready(compiled(params, x, y, lr)), 50)
+    times = timeit(lambda: jax.block_until_ready(compiled(params, x, y, lr)), 50)
     return {"times": times, "compile": t_compile, "final_loss": float(losses[-1]), **_device()}
 
 
@@ -113,7 +105,7 @@ def worker_a_pyloop():
         return jax.block_until_ready((p, loss))
 
     _, loss = train()
-    times = _timeit(train, 5)
+    times = timeit(train, 5)
     return {"times": times, "compile": t_compile, "final_loss": float(loss), **_device()}
 
 
@@ -169,12 +161,12 @@ def _b_worker(kind):
     compiled = fn.lower(params, x, y).compile()
     t_compile = time.perf_counter() - t
     jax.block_until_ready(compiled(params, x, y))
-    times = _timeit(lambda: jax.block_until_ready(compiled(params, x, y)), 200)
+    times = timeit(lambda: jax.block_until_ready(compiled(params, x, y)), 200)
 
     a = jnp.asarray(rng.normal(size=(1024, 1024)), jnp.float32)
     mm = jax.jit(lambda a: a @ a).lower(a).compile()
     jax.block_until_ready(mm(a))
-    peak = 2 * 1024**3 / statistics.median(_timeit(lambda: jax.block_until_ready(mm(a)), 30)) / 1e9
+    peak = 2 * 1024**3 / statistics.median(timeit(lambda: jax.block_until_ready(mm(a)), 30)) / 1e9
     return {"times": times, "compile": t_compile, "matmul_gflops": peak, **_device()}
 
 
@@ -209,10 +201,7 @@ def _spawn(name, keras_fits):
     python = sys.executable
     if name == "a_keras" and os.environ.get("JAXCALC_BENCH_TF_PYTHON"):
         python = os.environ["JAXCALC_BENCH_TF_PYTHON"]
-    result = subprocess.run([python, __file__, "--worker", name], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        sys.exit(f"worker {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return spawn_worker(__file__, name, env=env, python=python)
 
 
 def _merge(runs):
@@ -227,12 +216,6 @@ def _merge(runs):
         merged["compile"] = statistics.median(r["compile"] for r in runs)
         merged["compiles"] = [r["compile"] for r in runs]
     return merged
-
-
-def _fmt(times, unit="ms"):
-    f = {"ms": 1e3, "s": 1.0, "us": 1e6}[unit]
-    med = statistics.median(times)
-    return f"{med * f:.3g} {unit} [{min(times) * f:.3g}–{max(times) * f:.3g}]", med
 
 
 def main():
@@ -262,9 +245,9 @@ def main():
     print("| workload | jaxcalc | peer | ratio (peer / jaxcalc) | notes |")
     print("|---|---|---|---|---|")
     if "a" in groups:
-        j, jm = _fmt(r["a_scan"]["times"])
-        jb, jbm = _fmt(r["a_scan_backprop"]["times"])
-        pl, plm = _fmt(r["a_pyloop"]["times"])
+        j, jm = fmt_times(r["a_scan"]["times"])
+        jb, jbm = fmt_times(r["a_scan_backprop"]["times"])
+        pl, plm = fmt_times(r["a_pyloop"]["times"])
         comp = ", ".join(f"{c:.2f}" for c in r["a_scan"]["compiles"])
         print(f"| (a) article ex. 2, 1000 Adam epochs, compiled scan (jax.grad) vs Python loop of "
               f"jitted steps | {j} | {pl} | **{plm / jm:.0f}x** | compile {r['a_scan']['compile']:.2f} s "
@@ -278,7 +261,7 @@ def main():
             print(f"| (a) article ex. 2 vs Keras model.fit(X, y, epochs=1000, verbose=0) | {j} | skipped | | "
                   f"{k['skipped']} |")
         else:
-            kt, km = _fmt(k["times"], "s")
+            kt, km = fmt_times(k["times"], "s")
             print(f"| (a) article ex. 2 vs Keras model.fit(X, y, epochs=1000, verbose=0) | {j} | {kt} | "
                   f"**{km / jm:.0f}x** | TF {k['tf']}, Keras {k['keras']}; Keras' time includes its "
                   f"tf.function tracing; Keras final losses {', '.join(f'{v:.3g}' for v in k['final_loss'])} |")
@@ -289,8 +272,8 @@ def main():
               f"{'met' if ok_compile else 'MISSED'} |")
     if "b" in groups:
         flops = _b_flops()
-        m, mm = _fmt(r["b_manual"]["times"])
-        a, am = _fmt(r["b_autodiff"]["times"])
+        m, mm = fmt_times(r["b_manual"]["times"])
+        a, am = fmt_times(r["b_autodiff"]["times"])
         peak = statistics.median([r["b_manual"]["matmul_gflops"], r["b_autodiff"]["matmul_gflops"]])
         print(f"| (b) one gradient, MLP 784-256-256-10 batch 256: hand-written backprop vs jax.grad | "
               f"{m} ({flops / mm / 1e9:.0f} GFLOP/s) | {a} ({flops / am / 1e9:.0f} GFLOP/s) | {am / mm:.2f}x | "

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Linear regression ``ŷ = X w + b`` as a pure (init, apply) pair."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jaxcalc import losses

@@ -1,0 +1,34 @@
+"""Timing helpers shared by the benchmark scripts (each script runs its sides in subprocesses)."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def timeit(fn, repeats: int) -> list[float]:
+    """Seconds per call of ``fn()`` (which must block on its result), ``repeats`` times."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def fmt_times(times, unit: str = "ms") -> tuple[str, float]:
+    """``("median unit [min–max]", median seconds)``."""
+    f = {"ms": 1e3, "s": 1.0, "us": 1e6}[unit]
+    med = statistics.median(times)
+    return f"{med * f:.3g} {unit} [{min(times) * f:.3g}–{max(times) * f:.3g}]", med
+
+
+def spawn_worker(script: str, name: str, *, env=None, python: str | None = None) -> dict:
+    """Run ``python script --worker name`` in a fresh process; its last stdout line is JSON."""
+    result = subprocess.run([python or sys.executable, script, "--worker", name], capture_output=True,
+                            text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"worker {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
