@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc import losses, optim, train
+from jaxcalc._validate import check_fields_at_least
 from jaxcalc.data import synthetic
 from jaxcalc.models.linear import init_linear, least_squares, linear_apply, mse_loss
 from jaxcalc.runio import RunWriter, figure
@@ -60,10 +61,8 @@ class Config:
     synthetic_epochs: int = 100
 
     def __post_init__(self):
-        for name in ("article_iterations", "batch_epochs", "sgd_epochs", "minibatch_epochs",
-                     "batch_size", "synthetic_n", "synthetic_d", "synthetic_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields_at_least(self, ("article_iterations", "batch_epochs", "sgd_epochs", "minibatch_epochs",
+                                     "batch_size", "synthetic_n", "synthetic_d", "synthetic_epochs"))
         for name in ("article_lr", "sgd_lr", "minibatch_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

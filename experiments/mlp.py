@@ -56,6 +56,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcalc import backprop, optim, parallel, train
+from jaxcalc._validate import check_fields_at_least
 from jaxcalc.data.digits import load_digits_images, stratified_split
 from jaxcalc.models.linear import least_squares, linear_apply
 from jaxcalc.models.mlp import (
@@ -105,10 +106,8 @@ class Config:
     def __post_init__(self):
         if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 1:
             raise ValueError(f"devices must be an integer >= 1, got {self.devices!r}")
-        for name in ("epochs", "n_seeds", "digits_epochs", "digits_batch_size", "diabetes_epochs",
-                     "depth_width", "depth_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields_at_least(self, ("epochs", "n_seeds", "digits_epochs", "digits_batch_size", "diabetes_epochs",
+                                     "depth_width", "depth_batch"))
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2 (first and last layer), got {self.depth}")
         for name in ("lr", "tuned_lr", "digits_lr", "diabetes_lr"):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc import losses, optim, train
+from jaxcalc._validate import check_fields_at_least
 from jaxcalc.runio import RunWriter, figure
 
 NAME = "optimizers"
@@ -67,10 +68,8 @@ class Config:
         if not names or unknown:
             raise ValueError(f"optimizers must be a comma-separated subset of {', '.join(OPTIMIZERS)}; "
                              f"got {self.optimizers!r}")
-        for name in ("dim", "quadratic_steps", "rosenbrock_steps", "logistic_steps",
-                     "stability_steps", "stability_rounds", "lr_find_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_fields_at_least(self, ("dim", "quadratic_steps", "rosenbrock_steps", "logistic_steps",
+                                     "stability_steps", "stability_rounds", "lr_find_batch_size"))
         if self.dim < 2:
             raise ValueError(f"dim must be >= 2, got {self.dim}")
         if self.condition < 1:

@@ -36,6 +36,8 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from jaxcalc._validate import check_fields_at_least
+
 NAME = "recommender"
 
 Method = Literal["als", "minibatch", "fullbatch", "sgd"]
@@ -86,12 +88,8 @@ class Config:
             raise ValueError("--train and --test go together")
         if self.preset not in (None, "surprise"):
             raise ValueError(f"unknown preset {self.preset!r}; valid: surprise")
-        for name in ("factors", "epochs", "batch_size", "users", "items", "rank", "folds"):
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if v < (0 if name == "factors" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'factors' else 1}, got {v}")
+        check_fields_at_least(self, ("factors",), minimum=0)  # 0 factors: the biases-only model
+        check_fields_at_least(self, ("epochs", "batch_size", "users", "items", "rank", "folds"))
         if self.folds > 1 and self.train:
             raise ValueError("--folds needs --ratings (or synthetic data), not a given --train/--test pair")
         if self.lr is not None and self.lr <= 0:

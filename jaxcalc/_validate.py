@@ -77,3 +77,15 @@ def check_finite_tree(tree, what: str = "data") -> None:
                     f"{what} leaf {jax.tree_util.keystr(path) or '<root>'} holds {bad} non-finite "
                     f"value(s) (NaN or inf) out of {arr.size}"
                 )
+
+
+def check_fields_at_least(config, names, minimum=1) -> None:
+    """Raise ``ValueError("<name> must be >= <minimum>, got <value>")`` for the first field below ``minimum``.
+
+    Fields set to ``None`` (optional, "use the default") are skipped. Used by the experiments'
+    ``Config.__post_init__`` so a bad CLI option exits with one line naming the option.
+    """
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
