@@ -32,3 +32,19 @@ def spawn_worker(script: str, name: str, *, env=None, python: str | None = None)
     if result.returncode != 0:
         sys.exit(f"worker {name} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def merge_runs(runs: list[dict]) -> dict:
+    """Pool several process runs of one worker: timings and final losses concatenated, compile median."""
+    if "skipped" in runs[0]:
+        return runs[0]
+    merged = dict(runs[-1])
+    for key, val in runs[0].items():
+        if key == "times" or (key == "final_loss" and isinstance(val, list)):
+            merged[key] = [v for r in runs for v in r[key]]
+        elif key == "compile":
+            merged["compile"] = statistics.median(r["compile"] for r in runs)
+            merged["compiles"] = [r["compile"] for r in runs]
+        elif isinstance(val, dict) and "times" in val:
+            merged[key] = merge_runs([r[key] for r in runs])
+    return merged

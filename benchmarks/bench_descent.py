@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 
-from _timing import fmt_times, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
+from _timing import fmt_times, merge_runs, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 N_ITER = 1000
 B_N, B_D, B_LR = 100_000, 16, 0.1
@@ -326,21 +326,6 @@ def _spawn(name):
     return spawn_worker(__file__, name, env=dict(os.environ, **WORKER_ENV.get(name, {})))
 
 
-def _merge(runs):
-    """Pool the timed repetitions of several process runs of one worker."""
-    if "skipped" in runs[0]:
-        return runs[0]
-    merged = dict(runs[-1])
-    for key, val in runs[0].items():
-        if key == "times":
-            merged["times"] = [t for r in runs for t in r["times"]]
-        elif key == "compile":
-            merged["compile"] = statistics.median(r["compile"] for r in runs)
-        elif isinstance(val, dict) and "times" in val:
-            merged[key] = _merge([r[key] for r in runs])
-    return merged
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="process runs per side (alternating)")
@@ -357,7 +342,7 @@ def main():
     for _ in range(args.runs):
         for n in names:  # alternate sides, one process at a time
             runs[n].append(_spawn(n))
-    r = {n: _merge(v) for n, v in runs.items()}
+    r = {n: merge_runs(v) for n, v in runs.items()}
 
     device = next((r[n]["device"] for n in r if "device" in r[n]), None)
     if device is None:

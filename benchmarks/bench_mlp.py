@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _timing import fmt_times, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
+from _timing import fmt_times, merge_runs, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 EPOCHS = 1000
 B_SIZES = (784, 256, 256, 10)
@@ -204,20 +204,6 @@ def _spawn(name, keras_fits):
     return spawn_worker(__file__, name, env=env, python=python)
 
 
-def _merge(runs):
-    """Pool the timed repetitions of several process runs of one worker."""
-    if "skipped" in runs[0]:
-        return runs[0]
-    merged = dict(runs[-1])
-    merged["times"] = [t for r in runs for t in r["times"]]
-    if isinstance(runs[0].get("final_loss"), list):
-        merged["final_loss"] = [v for r in runs for v in r["final_loss"]]
-    if "compile" in runs[0]:
-        merged["compile"] = statistics.median(r["compile"] for r in runs)
-        merged["compiles"] = [r["compile"] for r in runs]
-    return merged
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="process runs per side (alternating)")
@@ -236,7 +222,7 @@ def main():
     for _ in range(args.runs):
         for n in names:  # alternate sides, one process at a time
             runs[n].append(_spawn(n, args.keras_fits))
-    r = {n: _merge(v) for n, v in runs.items()}
+    r = {n: merge_runs(v) for n, v in runs.items()}
 
     device = next((r[n]["device"] for n in r if "device" in r[n]), "?")
     print(f"device: {device}; {os.cpu_count()} CPU cores; {args.runs} process run(s) per side, "
