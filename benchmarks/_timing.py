@@ -48,3 +48,12 @@ def merge_runs(runs: list[dict]) -> dict:
         elif isinstance(val, dict) and "times" in val:
             merged[key] = merge_runs([r[key] for r in runs])
     return merged
+
+
+def run_alternating(names, runs: int, spawn) -> dict:
+    """``runs`` process runs of each worker in ``names``, alternating sides one process at a time; pooled."""
+    results = {n: [] for n in names}
+    for _ in range(runs):
+        for n in names:
+            results[n].append(spawn(n))
+    return {n: merge_runs(v) for n, v in results.items()}

@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 
-from _timing import fmt_times, merge_runs, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
+from _timing import fmt_times, run_alternating, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 N_ITER = 1000
 B_N, B_D, B_LR = 100_000, 16, 0.1
@@ -338,11 +338,7 @@ def main():
 
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     names = [n for g in groups for n in GROUPS[g]]
-    runs = {n: [] for n in names}
-    for _ in range(args.runs):
-        for n in names:  # alternate sides, one process at a time
-            runs[n].append(_spawn(n))
-    r = {n: merge_runs(v) for n, v in runs.items()}
+    r = run_alternating(names, args.runs, _spawn)
 
     device = next((r[n]["device"] for n in r if "device" in r[n]), None)
     if device is None:

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _timing import fmt_times, merge_runs, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
+from _timing import fmt_times, run_alternating, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 EPOCHS = 1000
 B_SIZES = (784, 256, 256, 10)
@@ -218,11 +218,7 @@ def main():
 
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     names = [n for g in groups for n in GROUPS[g]]
-    runs = {n: [] for n in names}
-    for _ in range(args.runs):
-        for n in names:  # alternate sides, one process at a time
-            runs[n].append(_spawn(n, args.keras_fits))
-    r = {n: merge_runs(v) for n, v in runs.items()}
+    r = run_alternating(names, args.runs, lambda n: _spawn(n, args.keras_fits))
 
     device = next((r[n]["device"] for n in r if "device" in r[n]), "?")
     print(f"device: {device}; {os.cpu_count()} CPU cores; {args.runs} process run(s) per side, "
