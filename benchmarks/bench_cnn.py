@@ -44,6 +44,8 @@ import subprocess
 import sys
 import time
 
+from _timing import timeit  # benchmarks/_timing.py (script folder)
+
 FWD_FLOPS = 30 * 30 * 32 * 27 * 2 + 7200 * 64 * 2 + 64 * 10 * 2
 TRAIN_FLOPS = 3 * FWD_FLOPS
 JAX_SIDES = ("jax-xla", "jax-ops", "jax-fused", "jaxcalc-model")
@@ -51,14 +53,6 @@ PEER_SIDES = ("torch", "torch-cl", "torch-cl-1t", "keras-xla", "keras")
 
 
 # ============================================================================ workers
-def _time_steps(step, steps):
-    """Call ``step()`` (which blocks on its result) ``steps`` times; seconds per call."""
-    out = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def worker_jax(side, batch, steps):
@@ -122,7 +116,7 @@ def worker_jax(side, batch, steps):
     step()
     compile_s = time.perf_counter() - t
     step()  # one more warm-up (allocator, thread pool)
-    times = _time_steps(step, steps)
+    times = timeit(step, steps)
     resolved = {"jax-xla": "xla", "jax-fused": f"fused/{ops.resolve_impl('auto', 'conv')}",
                 "jax-ops": f"{ops.resolve_impl('auto', 'conv')}+{ops.resolve_impl('auto', 'pool')}",
                 "jaxcalc-model": "model"}[side]
@@ -136,7 +130,7 @@ def worker_peak(steps):
     a = jnp.ones((2048, 2048), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
     f(a, a).block_until_ready()
-    times = _time_steps(lambda: f(a, a).block_until_ready(), max(steps, 10))
+    times = timeit(lambda: f(a, a).block_until_ready(), max(steps, 10))
     return {"times": times, "flops": 2 * 2048 ** 3, "device": str(jax.devices()[0]),
             "threads": os.cpu_count()}
 
@@ -172,7 +166,7 @@ def worker_torch(side, batch, steps):
     step()
     compile_s = time.perf_counter() - t
     step()
-    times = _time_steps(step, steps)
+    times = timeit(step, steps)
     return {"times": times, "compile_s": compile_s, "device": f"cpu, {torch.get_num_threads()} threads",
             "impl": f"torch {torch.__version__}"}
 
@@ -203,7 +197,7 @@ def worker_keras(side, batch, steps):
     step()
     compile_s = time.perf_counter() - t
     step()
-    times = _time_steps(step, steps)
+    times = timeit(step, steps)
     return {"times": times, "compile_s": compile_s, "device": "cpu",
             "impl": f"keras {keras.__version__} / tf {tf.__version__}, jit_compile={side == 'keras-xla'}"}
 

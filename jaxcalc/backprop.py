@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jaxcalc import losses
 from jaxcalc._validate import check_floating
-from jaxcalc.models.mlp import ACTIVATIONS, mlp_loss
+from jaxcalc.models.mlp import ACTIVATIONS, check_mlp_params, mlp_loss
 
 __all__ = [
     "dense_forward",
@@ -202,18 +202,7 @@ class LayerCache(NamedTuple):
 
 
 def _check_params(params, x) -> None:
-    leaves_ok = isinstance(params, (list, tuple)) and len(params) > 0
-    if not leaves_ok:
-        raise ValueError("params must be a non-empty list of (W, b) pairs, as init_mlp returns")
-    for i, layer in enumerate(params):
-        if not (isinstance(layer, (list, tuple)) and len(layer) == 2):
-            raise ValueError(f"params[{i}] must be a (W, b) pair, got {type(layer).__name__}")
-        w, b = layer
-        if jnp.ndim(w) != 2 or jnp.ndim(b) != 1 or jnp.shape(b)[0] != jnp.shape(w)[1]:
-            raise ValueError(
-                f"params[{i}]: need W (d_in, d_out) and b (d_out,), got W {tuple(jnp.shape(w))}, "
-                f"b {tuple(jnp.shape(b))}"
-            )
+    check_mlp_params(params)
     check_floating(x, "x")
     if jnp.ndim(x) != 2:
         raise ValueError(f"x must be a batch of shape (n, d_in), got {tuple(jnp.shape(x))}")

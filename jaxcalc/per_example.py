@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcalc.models.mlp import ACTIVATIONS
+from jaxcalc.models.mlp import ACTIVATIONS, check_mlp_params
 
 __all__ = [
     "per_example_grads",
@@ -232,17 +232,6 @@ def gradient_noise_scale(per_ex_grads, *, return_parts: bool = False):
 # --------------------------------------------------------------------------- ghost-norm path (MLPs)
 
 
-def _check_mlp_params(params) -> None:
-    if not isinstance(params, (list, tuple)) or not params:
-        raise TypeError("params must be a non-empty list of (W, b) pairs, as jaxcalc.models.mlp.init_mlp returns")
-    for l, layer in enumerate(params):
-        if not (isinstance(layer, (list, tuple)) and len(layer) == 2):
-            raise TypeError(f"params[{l}] must be a (W, b) pair")
-        w, b = layer
-        if np.ndim(w) != 2 or np.ndim(b) != 1 or np.shape(b)[0] != np.shape(w)[1]:
-            raise ValueError(f"params[{l}] has W {np.shape(w)} and b {np.shape(b)}; need W (m, k) and b (k,)")
-
-
 def _per_example_values(per_example_loss, outputs, targets):
     """``(n,)`` per-example losses: the loss's non-leading axes are averaged."""
     values = per_example_loss(outputs, targets)
@@ -310,7 +299,7 @@ def mlp_ghost_norms(params, batch, *, per_example_loss: Callable, activation: st
     Returns:
       ``(n,)`` global L2 norms over all parameters.
     """
-    _check_mlp_params(params)
+    check_mlp_params(params)
     x, y = _mlp_batch(batch)
     inputs, deltas = _mlp_activations_and_deltas(params, x, y, per_example_loss, activation)
     return _ghost_norms(inputs, deltas)
@@ -357,7 +346,7 @@ def mlp_clipped_mean_grad(
       ``(grad, aux)``: ``grad`` a list of ``(gW, gb)`` like ``params``; ``aux`` with ``norms``
       ``(n,)``, ``clip_factors`` ``(n,)`` and ``clipped_fraction``.
     """
-    _check_mlp_params(params)
+    check_mlp_params(params)
     _check_clip(clip_norm, noise_multiplier, key)
     x, y = _mlp_batch(batch)
     n = x.shape[0]

@@ -94,6 +94,20 @@ def init_mlp(key, sizes: Sequence[int], *, init: str = "he", dtype=jnp.float32):
     return params
 
 
+def check_mlp_params(params) -> None:
+    """Validate ``[(W1, b1), ...]``: ``TypeError`` unless a non-empty list/tuple, ``ValueError``
+    naming the layer when an entry is not a ``(W, b)`` pair with ``W (d_in, d_out)``, ``b (d_out,)``."""
+    if not isinstance(params, (list, tuple)) or not params:
+        raise TypeError("params must be a non-empty list of (W, b) pairs, as jaxcalc.models.mlp.init_mlp returns")
+    for i, layer in enumerate(params):
+        if not (isinstance(layer, (list, tuple)) and len(layer) == 2):
+            raise ValueError(f"params[{i}] must be a (W, b) pair, got {type(layer).__name__}")
+        w, b = layer
+        if jnp.ndim(w) != 2 or jnp.ndim(b) != 1 or jnp.shape(b)[0] != jnp.shape(w)[1]:
+            raise ValueError(f"params[{i}]: need W (d_in, d_out) and b (d_out,), got W {tuple(jnp.shape(w))}, "
+                             f"b {tuple(jnp.shape(b))}")
+
+
 def mlp_apply(params, x, *, activation: str = "relu"):
     """Forward pass: hidden layers ``act(h W + b)``, a linear last layer (logits or regression).
 
