@@ -267,7 +267,7 @@ def worker_c_jax(batch_size):
     times = {"plain": [], "ghost": []}
     for _ in range(30):
         for name in times:
-            times[name] += timeit(lambda: jax.block_until_ready(calls[name]()), 1)
+            times[name] += timeit(lambda f=calls[name]: jax.block_until_ready(f()), 1)
     times["vmap"] = timeit(lambda: jax.block_until_ready(calls["vmap"]()), 5)
     for name, t_c in (("plain", t_plain), ("ghost", t_ghost), ("vmap", t_vmap)):
         out[name] = {"times": times[name], "compile": t_c}
@@ -285,7 +285,7 @@ def worker_c_jax(batch_size):
     ghost_g, aux = calls["ghost"]()
     ref, _ = calls["vmap"]()
     out["max_diff_ghost_vmap"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-                                     zip(jax.tree.leaves(ghost_g), jax.tree.leaves(ref)))
+                                     zip(jax.tree.leaves(ghost_g), jax.tree.leaves(ref), strict=True))
     out["clipped_fraction"] = float(aux["clipped_fraction"])
     return out
 
@@ -310,8 +310,8 @@ WORKERS = {
 }
 GROUPS = {
     "a": ["a_jax", "a_numpy", "a_numpy_as_written"],
-    "b": ["b_jax_autodiff", "b_jax_blocked", "b_jax_matmul", "b_jax_1thread", "b_jax_gram", "b_numpy", "b_numpy_1thread", "b_torch",
-          "b_torch_1thread"],
+    "b": ["b_jax_autodiff", "b_jax_blocked", "b_jax_matmul", "b_jax_1thread", "b_jax_gram", "b_numpy",
+          "b_numpy_1thread", "b_torch", "b_torch_1thread"],
     "c": ["c_jax_256", "c_jax_1024"],
 }
 

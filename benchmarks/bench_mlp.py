@@ -22,6 +22,7 @@ medians [min–max] over all timed repetitions; compile time is reported apart
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -179,7 +180,7 @@ def worker_b_autodiff():
 
 
 def _b_flops():
-    return 3 * 2 * B_BATCH * sum(m * k for m, k in zip(B_SIZES[:-1], B_SIZES[1:]))
+    return 3 * 2 * B_BATCH * sum(m * k for m, k in itertools.pairwise(B_SIZES))
 
 
 # --------------------------------------------------------------------------- driver

@@ -13,6 +13,7 @@ it is not importable.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -122,7 +123,8 @@ def main() -> None:
     p.add_argument("--test", type=Path)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--methods", default=",".join(JAX_METHODS), help="comma-separated subset of: " + ", ".join(JAX_METHODS))
+    p.add_argument("--methods", default=",".join(JAX_METHODS),
+                   help="comma-separated subset of: " + ", ".join(JAX_METHODS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.worker == "jax":
@@ -137,12 +139,7 @@ def main() -> None:
         train, test, what = args.train, args.test, f"{args.train} / {args.test}"
     else:
         train, test, what = make_data(Path(tmp.name), args.seed)
-    try:
-        import surprise  # noqa: F401
-
-        have_surprise = True
-    except ImportError:
-        have_surprise = False
+    have_surprise = importlib.util.find_spec("surprise") is not None
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = {m: [] for m in methods}

@@ -169,7 +169,8 @@ def run(config: Config, out_dir) -> dict:
             (out_dir / name / "error.txt").write_text(traceback.format_exc())
         timings[name] = time.perf_counter() - start
         with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(f'{{"experiment": "{name}", "seconds": {timings[name]:.3f}, "ok": {str(name not in failures).lower()}}}\n')
+            ok = str(name not in failures).lower()
+            f.write(f'{{"experiment": "{name}", "seconds": {timings[name]:.3f}, "ok": {ok}}}\n')
 
     blocks = build_report(config, results, timings, failures)
     md, html_path = R.write_report(blocks, out_dir)
@@ -184,7 +185,8 @@ def run(config: Config, out_dir) -> dict:
     }
     write_json_atomic(out_dir / "summary.json", summary)
     if failures:
-        raise RuntimeError(f"{len(failures)} experiment(s) failed: {', '.join(failures)}; see {out_dir}/<name>/error.txt "
+        raise RuntimeError(f"{len(failures)} experiment(s) failed: {', '.join(failures)}; "
+                           f"see {out_dir}/<name>/error.txt "
                            f"(the report was written to {md})")
     return {k: v for k, v in summary.items() if k != "summaries"}
 

@@ -4,7 +4,8 @@ Data: ``--data-dir`` (or ``$JAXCALC_DATA``) holding CIFAR-10 (Python or binary b
 folder of images ``train/<class>/*``, ``test/<class>/*``; without it, scikit-learn's bundled
 8x8 digits. Pixels are scaled to ``[0, 1]`` and standardised per channel with the training
 set's mean and std. The model is :class:`jaxcalc.models.cnn.CNN`, split once into
-``(apply, params)``; training is Adam (cosine-decayed learning rate by default) as one jitted step (``value_and_grad`` of the cross-entropy, Adam update, metrics)
+``(apply, params)``; training is Adam (cosine-decayed learning rate by default) as one jitted step
+(``value_and_grad`` of the cross-entropy, Adam update, metrics)
 scanned over a device-resident, shuffled epoch in chunks, so a tqdm bar can advance between
 chunks. After every epoch a checkpoint (params, optimizer state, step, PRNG key, config and the
 metrics so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the latest
@@ -27,7 +28,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ _COMPILED: dict = {}  # executables per (model, data, batch) shape, reused by la
 class Config:
     """Training options; each becomes a ``jaxcalc run cnn`` flag."""
 
-    data_dir: Optional[str] = dataclasses.field(
+    data_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "
                                         "image folders; default $JAXCALC_DATA, else sklearn's digits"})
     epochs: int = dataclasses.field(default=30, metadata={"help": "passes over the training set"})
@@ -190,7 +191,7 @@ def _pad_eval(x: np.ndarray, y: np.ndarray):
     n = x.shape[0]
     k = -(-n // EVAL_BATCH)
     pad = k * EVAL_BATCH - n
-    xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]).reshape((k, EVAL_BATCH) + x.shape[1:])
+    xp = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape((k, EVAL_BATCH, *x.shape[1:]))
     yp = np.concatenate([y, np.zeros((pad,), y.dtype)]).reshape(k, EVAL_BATCH)
     mp = (np.arange(k * EVAL_BATCH) < n).reshape(k, EVAL_BATCH)
     return jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(mp)
@@ -477,7 +478,7 @@ def predict_command(argv) -> int:
     probs = np.asarray(predict_probs(jnp.asarray(images, jnp.float32) / 255.0))
     names = m["class_names"]
     top = max(1, min(args.top, len(names)))
-    for path, p in zip(args.images, probs):
+    for path, p in zip(args.images, probs, strict=True):
         order = np.argsort(-p)[:top]
         print(f"{path}: " + ", ".join(f"{names[i]} ({p[i]:.3f})" for i in order))
     return 0

@@ -14,7 +14,8 @@ round-off term: ``h = 1e-20`` is exact to float64 precision.
 
 The "best h" and "min error" are read off the curve after a 5-point running median (round-off is
 noise; one lucky cancellation should not decide), the raw minimum is kept beside it; slopes are
-least-squares fits in log-log on each side of the best h. Each sweep is one jitted ``vmap`` over all step sizes (``jaxcalc.derivatives.step_size_errors``).
+least-squares fits in log-log on each side of the best h. Each sweep is one jitted ``vmap`` over all step sizes
+(``jaxcalc.derivatives.step_size_errors``).
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def run(config: Config, out_dir) -> dict:
                 for m, e in errs.items():
                     curves[(fname, m, dtype)] = e
                     writer.log_many({"function": fname, "method": m, "dtype": dtype, "h": float(h),
-                                     "rel_error": float(err)} for h, err in zip(hs64, e))
+                                     "rel_error": float(err)} for h, err in zip(hs64, e, strict=True))
 
     rows = []
     for fname in FUNCTIONS:
@@ -185,7 +186,8 @@ def run(config: Config, out_dir) -> dict:
             summary[f"theory_{method}_{dtype}_best_h"] = h_th
             summary[f"theory_{method}_{dtype}_error"] = e_th
 
-    table = ["| function | method | dtype | best h | theory h | min rel error | theory error | trunc. slope | round-off slope |",
+    table = ["| function | method | dtype | best h | theory h | min rel error | theory error | trunc. slope "
+             "| round-off slope |",
              "|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {f} | {m} | {d} | {hb:.1e} | {ht:.1e} | {eb:.1e} | {et:.1e} | {ts:+.2f} | {rs:+.2f} |"
               for f, m, d, hb, ht, eb, et, ts, rs in rows]
@@ -201,7 +203,7 @@ def run(config: Config, out_dir) -> dict:
     floor = 1e-18
     titles = {"exp": f"exp at x={config.x:g}", "sin": f"sin at x={config.x:g}",
               "network": "tanh-MLP MSE along a random direction"}
-    for ax, fname in zip(axes, FUNCTIONS):
+    for ax, fname in zip(axes, FUNCTIONS, strict=True):
         for (m, d), (c, ls) in styles.items():
             ax.loglog(hs64, np.maximum(curves[(fname, m, d)], floor), color=c, ls=ls, lw=1.4, label=f"{m} {d}")
         # reference slopes, anchored on the float64 curves' large-h end and small-h end

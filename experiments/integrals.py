@@ -70,7 +70,7 @@ def run(config: Config, out_dir) -> dict:
         mc_rmse = []
         for n in mc_ns:
             keys = jax.random.split(jax.random.fold_in(key, n), 32)
-            vals = jax.vmap(lambda k: integrate.monte_carlo(jnp.sin, 0.0, math.pi, n=n, key=k))(keys)
+            vals = jax.vmap(lambda k, n=n: integrate.monte_carlo(jnp.sin, 0.0, math.pi, n=n, key=k))(keys)
             mc_rmse.append(float(jnp.sqrt(jnp.mean((vals - exact) ** 2))))
         mc_order = float(-np.polyfit(np.log(mc_ns), np.log(mc_rmse), 1)[0])
 

@@ -87,7 +87,7 @@ def article_example_1(lr: float = 0.01, n_iter: int = 1000):
     y = np.array([2, 4, 6])
     w = 0
     b = 0
-    for i in range(n_iter):
+    for _ in range(n_iter):
         y_pred = w * X + b
         dw = np.sum((y_pred - y) * X)
         db = np.sum(y_pred - y)
@@ -182,14 +182,15 @@ def _part_b(config: Config, writer: RunWriter) -> dict:
     for name, kw in runs.items():
         params, hist = train.fit(mse_loss, p0, data, full_loss=True, **kw)
         rel[name], hists[name], fitted[name] = _rel(params, ref), hist, params
-        writer.log_many({"part": "diabetes", "method": name, "epoch": e, "loss": float(l),
+        writer.log_many({"part": "diabetes", "method": name, "epoch": e, "loss": float(loss),
                          "full_loss": float(f), "grad_norm": float(g)}
-                        for e, (l, f, g) in enumerate(zip(hist["loss"], hist["full_loss"], hist["grad_norm"])))
+                        for e, (loss, f, g) in enumerate(
+                            zip(hist["loss"], hist["full_loss"], hist["grad_norm"], strict=True)))
 
     # excess loss over the least-squares minimum, on all the data after each epoch
     fig, axes = figure(1, 3, figsize=(14, 4), sharey=True)
     floor = 1e-7 * ref_loss  # float32 resolution of a loss of this size
-    for ax, (name, hist) in zip(axes, hists.items()):
+    for ax, (name, hist) in zip(axes, hists.items(), strict=True):
         excess = np.maximum(np.asarray(hist["full_loss"], np.float64) - ref_loss, floor)
         ax.semilogy(np.arange(1, len(excess) + 1), excess, label=name)
         ax.set_title(f"{name}: ‖θ−θ*‖/‖θ*‖ = {rel[name]:.1e}")
@@ -217,8 +218,8 @@ def _part_synthetic(config: Config, writer: RunWriter) -> dict:
         optimizer=optim.gd(_decay_schedule(0.05, config.synthetic_epochs // 2, 0.9, steps)),
         method="minibatch", batch_size=config.batch_size, epochs=config.synthetic_epochs,
         key=jax.random.fold_in(key, 1))
-    writer.log_many({"part": "synthetic", "method": "minibatch", "epoch": e, "loss": float(l)}
-                    for e, l in enumerate(hist["loss"]))
+    writer.log_many({"part": "synthetic", "method": "minibatch", "epoch": e, "loss": float(loss)}
+                    for e, loss in enumerate(hist["loss"]))
     # standard errors of OLS coefficients: noise · sqrt(diag((AᵀA)⁻¹)), A = [x, 1]
     a = np.c_[np.asarray(data["x"], np.float64), np.ones(config.synthetic_n)]
     se = config.synthetic_noise * np.sqrt(np.diag(np.linalg.inv(a.T @ a)))

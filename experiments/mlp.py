@@ -40,7 +40,8 @@ Glorot's small weights the pre-activations sit near 0 where ``σ' ≈ 1/4`` and 
 factor of about 1/4 per layer, so the first layer's gradient is orders of magnitude below
 the last layer's (seed 0: 6e-6). With N(0, 1) weights the units saturate (``σ'`` small) but
 ``‖W‖`` grows as ``sqrt(width)``, which nearly cancels: measured (seed 0), about 0.75 per layer,
-a first layer 13x below the last, about one order of magnitude, not several. Relu with He init keeps the gradient's scale (``2/fan_in`` variance): all layers
+a first layer 13x below the last, about one order of magnitude, not several. Relu with He init keeps the gradient's
+scale (``2/fan_in`` variance): all layers
 within about 2x.
 """
 from __future__ import annotations
@@ -222,7 +223,7 @@ def part_a(config: Config, writer: RunWriter) -> tuple[dict, dict]:
     final = np.asarray(loss_art[:, -1], np.float64)
     tuned = np.asarray(loss_tuned[:, -1], np.float64)
     traj_diff = float(max(jnp.max(jnp.abs(a - b)) for a, b in
-                          zip(jax.tree.leaves(p_bp), jax.tree.leaves(p_art))))
+                          zip(jax.tree.leaves(p_bp), jax.tree.leaves(p_art), strict=True)))
     traj_loss_diff = float(jnp.max(jnp.abs(loss_bp - loss_art)))
 
     # Gradients at init, hand-written vs jax.grad vs per-layer jax.vjp, in float64.
@@ -290,7 +291,7 @@ def _standardise(train_x, *others):
     mean = train_x.mean(axis=0)
     std = train_x.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # constant pixels (always blank) stay 0
-    return [((a - mean) / std).astype(np.float32) for a in (train_x,) + others]
+    return [((a - mean) / std).astype(np.float32) for a in (train_x, *others)]
 
 
 def _split_mesh(mesh, n: int):
@@ -314,7 +315,7 @@ def _digits(config: Config, writer: RunWriter, mesh=None) -> dict:
     flat = images.reshape(len(images), -1).astype(np.float32)
     x_tr, x_te = _standardise(flat[tr], flat[te])
     y_tr, y_te = labels[tr], labels[te]
-    sizes = (64,) + tuple(config.digits_hidden) + (10,)
+    sizes = (64, *tuple(config.digits_hidden), 10)
     k_init, k_fit = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
     params0 = init_mlp(k_init, sizes, init="he")
     data = {"x": jnp.asarray(x_tr), "y": jnp.asarray(y_tr)}
@@ -369,8 +370,8 @@ def _digits(config: Config, writer: RunWriter, mesh=None) -> dict:
     return {
         "digits_sizes": list(sizes),
         "digits_param_count": param_count(params),
-        "digits_n_train": int(len(y_tr)),
-        "digits_n_test": int(len(y_te)),
+        "digits_n_train": len(y_tr),
+        "digits_n_test": len(y_te),
         "digits_batch_size": batch_size,
         "digits_data_parallel": mesh is not None,
         # one float32 gradient per parameter all-reduced per data-parallel step
@@ -395,7 +396,7 @@ def _diabetes(config: Config, writer: RunWriter, mesh=None) -> dict:
     d = load_diabetes()
     x, y = d.data.astype(np.float32), d.target.astype(np.float32)
     perm = np.random.default_rng(config.seed).permutation(len(y))
-    n_test = int(round(0.2 * len(y)))
+    n_test = round(0.2 * len(y))
     te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     x_tr, x_te = _standardise(x[tr], x[te])
     y_mean, y_std = float(y[tr].mean()), float(y[tr].std())
@@ -404,7 +405,7 @@ def _diabetes(config: Config, writer: RunWriter, mesh=None) -> dict:
     lin = least_squares(jnp.asarray(x_tr), jnp.asarray(y[tr]))
     lin_r2 = r2_score(linear_apply(lin, jnp.asarray(x_te)), y[te])
 
-    sizes = (x.shape[1],) + tuple(config.diabetes_hidden) + (1,)
+    sizes = (x.shape[1], *tuple(config.diabetes_hidden), 1)
     params0 = init_mlp(jax.random.fold_in(jax.random.key(config.seed), 2), sizes, init="he")
     data = {"x": jnp.asarray(x_tr), "y": jnp.asarray(t_tr)}
     mesh = _split_mesh(mesh, len(tr))
@@ -416,7 +417,7 @@ def _diabetes(config: Config, writer: RunWriter, mesh=None) -> dict:
                     for e, v in enumerate(hist["loss"]))
     return {
         "diabetes_sizes": list(sizes),
-        "diabetes_n_train": int(len(tr)),
+        "diabetes_n_train": len(tr),
         "diabetes_data_parallel": mesh is not None,
         "diabetes_mlp_test_r2": r2_score(pred, y[te]),
         "diabetes_linear_test_r2": lin_r2,

@@ -134,7 +134,7 @@ def logistic_problem(l2: float):
     with jax.enable_x64(True):
         d64 = {"x": jnp.asarray(x, jnp.float64), "y": jnp.asarray(y, jnp.float64)}
         flat, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p0))
-        f = lambda v: loss(unravel(v), d64)  # noqa: E731
+        f = lambda v: loss(unravel(v), d64)
         @jax.jit
         def newton(v):  # 30 Newton steps, then (f, |∇f|) at the result
             v = jax.lax.fori_loop(
@@ -249,7 +249,7 @@ def run(config: Config, out_dir) -> dict:
 
     # plots: loss gap against step; Rosenbrock trajectories
     fig, axes = figure(1, 3, figsize=(16, 4.2))
-    for ax, (pname, (_, _, _, f_star, _)) in zip(axes, problems.items()):
+    for ax, (pname, (_, _, _, f_star, _)) in zip(axes, problems.items(), strict=True):
         for oname, r in results[pname].items():
             gap = np.maximum(np.asarray(r["loss"], np.float64) - f_star, 1e-12)
             ax.semilogy(gap, label=f"{oname} (lr {r['lr']:.2g})")
@@ -285,8 +285,8 @@ def run(config: Config, out_dir) -> dict:
                                        hi=config.grid_max, steps=config.stability_steps,
                                        rounds=config.stability_rounds)
     for i, rnd in enumerate(rounds):
-        writer.log_many({"stability_round": i, "lr": float(l), "stable": bool(s)}
-                        for l, s in zip(rnd["lrs"], rnd["stable"]))
+        writer.log_many({"stability_round": i, "lr": float(lr), "stable": bool(s)}
+                        for lr, s in zip(rnd["lrs"], rnd["stable"], strict=True))
     ratio = lo / theory
     print(f"GD on the quadratic: largest stable lr {lo:.6g} (first unstable {hi:.6g}); "
           f"theory 2/λ_max = {theory:.6g}; ratio {ratio:.4f}")

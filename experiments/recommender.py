@@ -32,7 +32,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 
@@ -55,18 +55,18 @@ RELEVANT = 4.0  # a held-out rating >= 4 counts as relevant for precision/recall
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    ratings: Optional[str] = dataclasses.field(default=None, metadata={"help": "ratings file, split 80/20"})
-    train: Optional[str] = dataclasses.field(default=None, metadata={"help": "training ratings file"})
-    test: Optional[str] = dataclasses.field(default=None, metadata={"help": "test ratings file"})
+    ratings: str | None = dataclasses.field(default=None, metadata={"help": "ratings file, split 80/20"})
+    train: str | None = dataclasses.field(default=None, metadata={"help": "training ratings file"})
+    test: str | None = dataclasses.field(default=None, metadata={"help": "test ratings file"})
     method: Method = "als"
     factors: int = 10
-    epochs: Optional[int] = dataclasses.field(default=None, metadata={"help": "passes (default per method)"})
-    lr: Optional[float] = dataclasses.field(default=None, metadata={"help": "step size (default per method)"})
-    reg: Optional[float] = dataclasses.field(
+    epochs: int | None = dataclasses.field(default=None, metadata={"help": "passes (default per method)"})
+    lr: float | None = dataclasses.field(default=None, metadata={"help": "step size (default per method)"})
+    reg: float | None = dataclasses.field(
         default=None, metadata={"help": "L2 weight (default: chosen on a validation split of the training data)"})
-    reg_bias: Optional[float] = dataclasses.field(default=None, metadata={"help": "L2 on biases (default reg)"})
+    reg_bias: float | None = dataclasses.field(default=None, metadata={"help": "L2 on biases (default reg)"})
     batch_size: int = 4096
-    preset: Optional[str] = dataclasses.field(default=None, metadata={"help": "'surprise': Surprise's SVD"})
+    preset: str | None = dataclasses.field(default=None, metadata={"help": "'surprise': Surprise's SVD"})
     folds: int = 1
     test_fraction: float = 0.2
     split: Literal["random", "per_user"] = dataclasses.field(
@@ -237,13 +237,13 @@ def ranking_metrics(params, train, test, *, k: int = 10, threshold: float = RELE
         return {"precision_at_10": float("nan"), "recall_at_10": float("nan"), "ranked_users": 0}
     order = np.argsort(train.users, kind="stable")
     bounds = np.searchsorted(train.users[order], users), np.searchsorted(train.users[order], users, side="right")
-    exclude = {int(u): train.items[order][a:b] for u, a, b in zip(users, *bounds)}
+    exclude = {int(u): train.items[order][a:b] for u, a, b in zip(users, *bounds, strict=True)}
     _, top = rec.top_n(params, users, exclude, n=k)
     relevant = {}
-    for u, i in zip(test.users[rel], test.items[rel]):
+    for u, i in zip(test.users[rel], test.items[rel], strict=True):
         relevant.setdefault(int(u), set()).add(int(i))
     precision, recall = [], []
-    for u, row in zip(users, top):
+    for u, row in zip(users, top, strict=True):
         hits = len(relevant[int(u)].intersection(row.tolist()))
         precision.append(hits / k)
         recall.append(hits / len(relevant[int(u)]))
@@ -346,8 +346,10 @@ def _plots(writer, curves, true, pred, floor=None):
     for f, rows in enumerate(curves):
         ep = [r["epoch"] for r in rows]
         suffix = f" (fold {f + 1})" if len(curves) > 1 else ""
-        ax.plot(ep, [r["train_rmse"] for r in rows], "-", color="C0", alpha=0.8, label="train" + suffix if f == 0 else None)
-        ax.plot(ep, [r["test_rmse"] for r in rows], "-", color="C1", alpha=0.8, label="test" + suffix if f == 0 else None)
+        ax.plot(ep, [r["train_rmse"] for r in rows], "-", color="C0", alpha=0.8,
+                label="train" + suffix if f == 0 else None)
+        ax.plot(ep, [r["test_rmse"] for r in rows], "-", color="C1", alpha=0.8,
+                label="test" + suffix if f == 0 else None)
     if floor is not None:
         ax.axhline(floor, color="k", ls="--", lw=1, label="noise floor (true expected rating)")
     ax.set(xlabel="epoch", ylabel="RMSE (clipped predictions)", title="RMSE per epoch")
@@ -417,7 +419,7 @@ def recommend_command(argv) -> int:
     titles = ml.load_item_titles(args.ratings)
     print(f"user {args.user}: {rated.size} ratings; top {top.shape[1]} unrated of {data.num_items} items "
           f"({args.method}, {args.factors} factors)")
-    for rank, (i, sc) in enumerate(zip(top[0], scores[0]), start=1):
+    for rank, (i, sc) in enumerate(zip(top[0], scores[0], strict=True), start=1):
         raw = int(data.item_ids[i])
         title = titles.get(raw, "")
         print(f"{rank:3d}. {np.clip(sc, low, high):4.2f}  item {raw:<7d} {title}")

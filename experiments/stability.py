@@ -18,8 +18,9 @@ reference is above ``tiny / eps`` (below it even a correct float32 result has lo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -145,12 +146,12 @@ def run(config: Config, out_dir) -> dict:
         for case in CASES:
             ev, ref_fn = _evaluate(case, dtype), _reference(case)
 
-            def values(s):
+            def values(s, ev=ev, ref_fn=ref_fn):
                 naive, stable, grad = ev(jnp.asarray(s, jnp.float64))
                 return (np.asarray(naive, np.float64), np.asarray(stable, np.float64),
                         np.asarray(grad, np.float64), np.asarray(ref_fn(jnp.asarray(s, jnp.float64))))
 
-            naive, stable, grad, ref = values(grid)
+            naive, stable, _grad, ref = values(grid)
             curves[case.name] = (naive, stable, ref)
             s_bad = _first(lambda s: ~np.isfinite(values(s)[0]), grid, dtype)
             s_err = _first(lambda s: ~(_rel_error(*values(s)[::3], tiny) <= 0.01), grid, dtype)
@@ -173,9 +174,10 @@ def run(config: Config, out_dir) -> dict:
                 f"{p}_stable_all_finite": stable_finite,
             })
             rows.append((case, s_bad, naive_at, stable_at, s_err, s_grad, stable_err))
+            every = max(1, len(grid) // 200)
             writer.log_many({"case": p, "s": float(s), "naive": float(a), "stable": float(b), "reference": float(r)}
-                            for s, a, b, r in zip(grid[::max(1, len(grid) // 200)], naive[::max(1, len(grid) // 200)],
-                                                  stable[::max(1, len(grid) // 200)], ref[::max(1, len(grid) // 200)]))
+                            for s, a, b, r in zip(grid[::every], naive[::every], stable[::every], ref[::every],
+                                                  strict=True))
 
     def fmt(v, spec=".4f"):
         return "never" if v is None else (f"{v:{spec}}" if isinstance(v, float) and math.isfinite(v) else str(v))
@@ -195,7 +197,7 @@ def run(config: Config, out_dir) -> dict:
 
     fig, axes = figure(2, 3, figsize=(15, 8.5), layout="constrained")
     top = 1e3
-    for ax, (case, s_bad, *_rest) in zip(axes.ravel(), rows):
+    for ax, (case, s_bad, *_rest) in zip(axes.ravel(), rows, strict=True):
         naive, stable, ref = curves[case.name]
         e_naive = _rel_error(naive, ref, tiny)
         e_stable = _rel_error(stable, ref, tiny)

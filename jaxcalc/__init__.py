@@ -5,8 +5,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-from jaxcalc import losses  # noqa: E402
-from jaxcalc.errors import DivergenceError, GradientCheckError  # noqa: E402
+from jaxcalc import losses
+from jaxcalc.errors import DivergenceError, GradientCheckError
 
 # Heavier modules load on first use: `jaxcalc.check_grads`, `jaxcalc.train.fit`, ...
 _LAZY_ATTRS = {"check_grads": "jaxcalc.gradcheck", "fit": "jaxcalc.train", "sweep": "jaxcalc.train",
@@ -23,4 +23,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxcalc' has no attribute {name!r}")
 
 
-__all__ = ["losses", "check_grads", "fit", "sweep", "lr_find", "DivergenceError", "GradientCheckError", "__version__"]
+__all__ = ["DivergenceError", "GradientCheckError", "__version__", "check_grads", "fit", "losses", "lr_find", "sweep"]

@@ -23,8 +23,9 @@ hidden layers apply an activation, the last layer is linear (regression outputs 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,29 +35,29 @@ from jaxcalc._validate import check_floating
 from jaxcalc.models.mlp import ACTIVATIONS, check_mlp_params, mlp_loss
 
 __all__ = [
-    "dense_forward",
-    "dense_backward",
-    "relu_forward",
-    "relu_backward",
-    "tanh_forward",
-    "tanh_backward",
-    "sigmoid_forward",
-    "sigmoid_backward",
-    "identity_forward",
-    "identity_backward",
-    "mse_forward",
-    "mse_backward",
-    "cross_entropy_forward",
-    "cross_entropy_backward",
-    "mlp_forward",
-    "mlp_backward",
-    "backprop_grads",
-    "backprop_value_and_grads",
-    "backprop_loss",
-    "autodiff_grads",
-    "vjp_backprop_grads",
-    "max_relative_difference",
     "LOSSES",
+    "autodiff_grads",
+    "backprop_grads",
+    "backprop_loss",
+    "backprop_value_and_grads",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dense_backward",
+    "dense_forward",
+    "identity_backward",
+    "identity_forward",
+    "max_relative_difference",
+    "mlp_backward",
+    "mlp_forward",
+    "mse_backward",
+    "mse_forward",
+    "relu_backward",
+    "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "tanh_backward",
+    "tanh_forward",
+    "vjp_backprop_grads",
 ]
 
 
@@ -325,7 +326,7 @@ def _backprop_loss(params, x, y, loss, activation):
 
 
 def _backprop_loss_fwd(params, x, y, loss, activation):
-    _, (loss_fwd, loss_bwd) = _rules(activation, loss)
+    _, (loss_fwd, _loss_bwd) = _rules(activation, loss)
     out, caches = mlp_forward(params, x, activation=activation)
     value, loss_cache = loss_fwd(out, y)
     return value, (params, caches, loss_cache)

@@ -60,7 +60,7 @@ def _parse_tuple(elem_type):
         try:
             return tuple(elem_type(v) for v in text.split(",") if v.strip())
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {elem_type.__name__}s: {e}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {elem_type.__name__}s: {e}") from None
 
     parse.__name__ = f"comma-separated {elem_type.__name__}s"
     return parse
@@ -73,7 +73,7 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> list[str
     for f in dataclasses.fields(config_cls):
         if f.name in ("seed", "quick") or f.name.startswith("_"):  # the CLI's own --seed / --quick
             continue
-        tp, optional = _unwrap_optional(hints[f.name])
+        tp, _optional = _unwrap_optional(hints[f.name])
         opt = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "") if f.metadata else ""
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -19,7 +19,8 @@ for small ``n`` (reference values, tests); use :func:`jaxcalc.check_grads` with
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 __all__ = [
-    "default_step",
-    "forward_difference",
     "central_difference",
     "complex_step",
+    "default_step",
     "difference_quotient",
+    "forward_difference",
     "step_size_errors",
 ]
 
@@ -63,7 +64,7 @@ def _unflatten(spec, flat, cast: bool = True):
     """Inverse of :func:`_flat_float`; ``cast=False`` keeps ``flat``'s dtype (complex steps)."""
     treedef, shapes, dtypes = spec
     out, i = [], 0
-    for shape, dtype in zip(shapes, dtypes):
+    for shape, dtype in zip(shapes, dtypes, strict=True):
         size = int(np.prod(shape, dtype=int))
         leaf = flat[i:i + size].reshape(shape)
         out.append(leaf.astype(dtype) if cast else leaf)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ from jax.flatten_util import ravel_pytree
 from jaxcalc.derivatives import default_step
 from jaxcalc.errors import GradientCheckError
 
-__all__ = ["check_grads", "GradCheckReport", "LeafResult", "DEFAULT_RTOL", "FULL_MAX"]
+__all__ = ["DEFAULT_RTOL", "FULL_MAX", "GradCheckReport", "LeafResult", "check_grads"]
 
 DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL_SCALE = 1e-9
@@ -214,7 +214,7 @@ def _flat_function(f, args, argnums, names):
 
     def rebuild(flat):
         new = list(leaves)
-        for seg, k in zip(segments, var_positions):
+        for seg, k in zip(segments, var_positions, strict=True):
             new[k] = flat[seg.start:seg.start + seg.size].reshape(seg.shape)
         diff = jax.tree_util.tree_unflatten(treedef, new)
         full = list(args)
@@ -227,7 +227,8 @@ def _flat_function(f, args, argnums, names):
         out_leaves = jax.tree_util.tree_leaves(out)
         for leaf in out_leaves:
             if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-                raise TypeError(f"f must return floating-point values to differentiate, got dtype {jnp.result_type(leaf)}")
+                raise TypeError("f must return floating-point values to differentiate, "
+                                f"got dtype {jnp.result_type(leaf)}")
         return ravel_pytree(out)[0]
 
     return F, x0, segments
@@ -368,9 +369,9 @@ def _compute_impl(x0, dynamic, hs, extras, draws, *, plan: _Plan):
     if plan.order == 2:
         for mode in plan.modes:
             if mode == "fwd":
-                fn = lambda x: jax.jvp(F, (x,), (extras["t"],))[1]  # noqa: E731
+                fn = lambda x: jax.jvp(F, (x,), (extras["t"],))[1]
             else:
-                fn = lambda x: jax.vjp(F, x)[1](extras["w"])[0]  # noqa: E731
+                fn = lambda x: jax.vjp(F, x)[1](extras["w"])[0]
             tasks.append((f"order2_{mode}", fn, (mode,)))
     out = {"y0": F(x0)}
     for name, fn, ms in tasks:

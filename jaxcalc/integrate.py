@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxcalc._validate import is_concrete
 
-__all__ = ["trapezoid", "simpson", "gauss_legendre", "monte_carlo"]
+__all__ = ["gauss_legendre", "monte_carlo", "simpson", "trapezoid"]
 
 
 def _check_n(n, rule: str, minimum: int = 1) -> int:

@@ -24,17 +24,17 @@ from jaxcalc._validate import (
 )
 
 __all__ = [
-    "squared_error",
     "absolute_error",
+    "binary_cross_entropy",
+    "cross_entropy",
     "huber",
+    "huber_loss",
+    "mae",
+    "mse",
     "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
-    "mse",
-    "mae",
-    "huber_loss",
-    "cross_entropy",
-    "binary_cross_entropy",
+    "squared_error",
 ]
 
 

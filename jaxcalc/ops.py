@@ -36,8 +36,16 @@ from jax import lax
 
 from jaxcalc._validate import check_floating, shape_of
 
-__all__ = ["conv2d", "max_pool", "conv2d_xla", "conv2d_im2col", "max_pool_xla", "max_pool_reshape",
-           "conv2d_relu_max_pool", "resolve_impl"]
+__all__ = [
+    "conv2d",
+    "conv2d_im2col",
+    "conv2d_relu_max_pool",
+    "conv2d_xla",
+    "max_pool",
+    "max_pool_reshape",
+    "max_pool_xla",
+    "resolve_impl",
+]
 
 _CONV_IMPLS = ("auto", "xla", "im2col")
 _POOL_IMPLS = ("auto", "xla", "reshape")
@@ -286,15 +294,15 @@ _FUSED_IMPLS = ("auto", "xla", "im2col")
 def _split_batch(a, chunk):
     """``(n, ...) -> ((n // chunk, chunk, ...), (n % chunk, ...))``: whole chunks and the rest."""
     nf = a.shape[0] // chunk
-    return a[:nf * chunk].reshape((nf, chunk) + a.shape[1:]), a[nf * chunk:]
+    return a[:nf * chunk].reshape((nf, chunk, *a.shape[1:])), a[nf * chunk:]
 
 
 def _map_chunks(fn, chunk, *arrays):
     """``fn`` over batch chunks of ``arrays`` with ``lax.map``, the remainder in one more call."""
-    mains, rests = zip(*(_split_batch(a, chunk) for a in arrays))
+    mains, rests = zip(*(_split_batch(a, chunk) for a in arrays), strict=True)
     outs = []
     if mains[0].shape[0]:
-        outs.append(jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:]), lax.map(lambda a: fn(*a), mains)))
+        outs.append(jax.tree.map(lambda o: o.reshape((-1, *o.shape[2:])), lax.map(lambda a: fn(*a), mains)))
     if rests[0].shape[0]:
         outs.append(fn(*rests))
     return jax.tree.map(lambda *o: o[0] if len(o) == 1 else jnp.concatenate(o), *outs)
@@ -354,7 +362,7 @@ def _conv_relu_pool_bwd(window, chunk, res, g):
     dxs = []
     if xm.shape[0]:
         dw, dxm = lax.scan(step, dw, (xm, im, gm))
-        dxs.append(dxm.reshape((-1,) + dxm.shape[2:]))
+        dxs.append(dxm.reshape((-1, *dxm.shape[2:])))
     if xr.shape[0]:
         dwr, dxr = chunk_grads(xr, ir, gr)
         dw = dw + dwr
@@ -377,7 +385,8 @@ def conv2d_relu_max_pool(x, kernel, bias=None, *, window=2, padding="VALID", imp
     or -1 where the relu is 0), recomputes each chunk's patches and accumulates
     ``dW += patches^T @ dz``. On CPU the article's CNN trains about 1.5x faster with it than
     with the separate ``conv2d`` + ``max_pool`` ops (``benchmarks/bench_cnn.py``: 7,858 vs 5,178
-    images/s at batch 128 on 2 cores), with ~3x less temporary memory (16 vs 49 MB at batch 128). The derivative is a ``jax.custom_vjp`` (reverse mode
+    images/s at batch 128 on 2 cores), with ~3x less temporary memory (16 vs 49 MB at batch 128). The derivative is a
+    ``jax.custom_vjp`` (reverse mode
     only); ``impl="xla"`` composes the XLA primitives and supports every transformation.
 
     Pooling the pre-activation and then applying relu gives the same values and gradients

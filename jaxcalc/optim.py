@@ -23,7 +23,8 @@ trajectories agree to rounding.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,21 +32,21 @@ import numpy as np
 import optax
 
 __all__ = [
+    "AdagradState",
+    "AdamState",
     "GDState",
     "MomentumState",
-    "AdagradState",
     "RMSPropState",
-    "AdamState",
+    "adagrad",
+    "adam",
+    "adamw",
     "gd",
     "momentum",
     "nesterov",
-    "adagrad",
     "rmsprop",
-    "adam",
-    "adamw",
 ]
 
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
 class GDState(NamedTuple):
@@ -177,10 +178,7 @@ def _momentum(learning_rate, beta, use_nesterov: bool):
     def update(grads, state, params=None):
         del params
         velocity = jax.tree.map(lambda g, v: g + beta * v, grads, state.velocity)
-        if use_nesterov:
-            direction = jax.tree.map(lambda g, v: g + beta * v, grads, velocity)
-        else:
-            direction = velocity
+        direction = jax.tree.map(lambda g, v: g + beta * v, grads, velocity) if use_nesterov else velocity
         eta = _lr_at(learning_rate, state.count)
         return _scale(eta, direction), MomentumState(count=_increment(state.count), velocity=velocity)
 
@@ -382,7 +380,8 @@ def adamw(
 
     def update(grads, state, params=None):
         if params is None:
-            raise ValueError("adamw.update needs the current params (weight decay is λ·θ): call update(grads, state, params)")
+            raise ValueError("adamw.update needs the current params (weight decay is λ·θ): "
+                             "call update(grads, state, params)")
         eta = _lr_at(learning_rate, state.count)
         lam = _lr_at(weight_decay, state.count)
         direction, new_state = _adam_direction(grads, state, b1, b2, eps)

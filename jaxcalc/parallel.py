@@ -56,7 +56,8 @@ devices own. Launching:
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,9 +68,22 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 __all__ = [
-    "DATA_AXIS", "make_mesh", "batch_sharding", "replicated", "check_divisible", "shard_batch",
-    "pad_batch", "masked_mean", "replicate", "param_shardings", "shard_params", "constrain_batch",
-    "data_parallel", "DataParallelStep", "allreduce_bytes_per_step", "initialize_distributed",
+    "DATA_AXIS",
+    "DataParallelStep",
+    "allreduce_bytes_per_step",
+    "batch_sharding",
+    "check_divisible",
+    "constrain_batch",
+    "data_parallel",
+    "initialize_distributed",
+    "make_mesh",
+    "masked_mean",
+    "pad_batch",
+    "param_shardings",
+    "replicate",
+    "replicated",
+    "shard_batch",
+    "shard_params",
 ]
 
 
@@ -329,7 +343,7 @@ class DataParallelStep:
         shardings, batch_idx = self._shardings(args)
         for i in sorted(batch_idx):
             check_divisible(args[i], self.mesh.size, axis=self.batch_axis)
-        return tuple(jax.tree_util.tree_map(_place, a, s) for a, s in zip(args, shardings)), shardings
+        return tuple(jax.tree_util.tree_map(_place, a, s) for a, s in zip(args, shardings, strict=True)), shardings
 
     def _jitted(self, args, shardings):
         key = jax.tree_util.tree_structure((args, shardings)), tuple(

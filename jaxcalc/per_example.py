@@ -15,7 +15,7 @@ Two paths compute the same things:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +24,14 @@ import numpy as np
 from jaxcalc.models.mlp import ACTIVATIONS, check_mlp_params
 
 __all__ = [
-    "per_example_grads",
-    "per_example_grad_norms",
-    "tree_norms",
     "clip_and_aggregate",
     "clipped_mean_grad",
     "gradient_noise_scale",
-    "mlp_ghost_norms",
     "mlp_clipped_mean_grad",
+    "mlp_ghost_norms",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "tree_norms",
 ]
 
 
@@ -132,8 +132,9 @@ def _add_noise(tree, key, std):
     leaves, treedef = jax.tree.flatten(tree)
     sizes = [g.size for g in leaves]
     xi = jax.random.normal(key, (sum(sizes),), leaves[0].dtype)
-    offsets = np.cumsum([0] + sizes)
-    noisy = [g + std * jnp.reshape(xi[o : o + g.size], g.shape).astype(g.dtype) for g, o in zip(leaves, offsets)]
+    offsets = np.cumsum([0, *sizes])
+    noisy = [g + std * jnp.reshape(xi[o : o + g.size], g.shape).astype(g.dtype)
+             for g, o in zip(leaves, offsets[:-1], strict=True)]
     return jax.tree.unflatten(treedef, noisy)
 
 
@@ -221,7 +222,7 @@ def gradient_noise_scale(per_ex_grads, *, return_parts: bool = False):
     if n < 2:
         raise ValueError(f"gradient_noise_scale needs at least 2 per-example gradients, got {n}")
     means = [jnp.mean(g, axis=0) for g in leaves]
-    trace_sigma = sum(jnp.sum((g - m[None, :]) ** 2) for g, m in zip(leaves, means)) / (n - 1)
+    trace_sigma = sum(jnp.sum((g - m[None, :]) ** 2) for g, m in zip(leaves, means, strict=True)) / (n - 1)
     grad_sq = sum(jnp.sum(m**2) for m in means) - trace_sigma / n
     b_simple = trace_sigma / grad_sq
     if return_parts:
@@ -257,10 +258,10 @@ def _mlp_activations_and_deltas(params, x, y, per_example_loss, activation):
     def summed_loss(perturbations):
         inputs = []
         h = x
-        for l, (w, b) in enumerate(params):
+        for layer, (w, b) in enumerate(params):
             inputs.append(h)
-            z = h @ w + b[None, :] + perturbations[l]
-            h = act(z) if l < len(params) - 1 else z
+            z = h @ w + b[None, :] + perturbations[layer]
+            h = act(z) if layer < len(params) - 1 else z
         return jnp.sum(_per_example_values(per_example_loss, h, y)), inputs
 
     zeros = [jnp.zeros((n, w.shape[1]), x.dtype) for w, _ in params]
@@ -307,7 +308,7 @@ def mlp_ghost_norms(params, batch, *, per_example_loss: Callable, activation: st
 
 def _ghost_norms(inputs, deltas):
     sq = 0.0
-    for a, d in zip(inputs, deltas):
+    for a, d in zip(inputs, deltas, strict=True):
         d_sq = jnp.sum(d * d, axis=1)
         sq = sq + jnp.sum(a * a, axis=1) * d_sq + d_sq
     return jnp.sqrt(sq)
@@ -354,7 +355,7 @@ def mlp_clipped_mean_grad(
     norms = _ghost_norms(inputs, deltas)
     s = _clip_factors(norms, clip_norm)
     grad = []
-    for a, d in zip(inputs, deltas):
+    for a, d in zip(inputs, deltas, strict=True):
         sd = d * s[:, None].astype(d.dtype)
         grad.append((a.T @ sd / n, jnp.sum(sd, axis=0) / n))
     grad = _add_noise(grad, key, noise_multiplier * clip_norm / n)

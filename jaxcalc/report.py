@@ -2,7 +2,8 @@
 
 Blocks are plain tuples, so a report is data first and text second:
 ``("h1", text)``, ``("h2", text)``, ``("p", text)``, ``("table", header, rows)``,
-``("img", relative_path, caption)``, ``("code", text)``, ``("md", markdown with pipe tables)``. The HTML embeds images as base64 so
+``("img", relative_path, caption)``, ``("code", text)``, ``("md", markdown with pipe tables)``. The HTML embeds
+images as base64 so
 the file opens anywhere on its own.
 """
 from __future__ import annotations

@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ from jaxcalc import parallel
 from jaxcalc._validate import check_finite_tree
 from jaxcalc.errors import DivergenceError
 
-__all__ = ["fit", "sweep", "lr_find"]
+__all__ = ["fit", "lr_find", "sweep"]
 
 RUNNING, DIVERGED, CONVERGED = 0, 1, 2
 _STATUS_NAMES = {RUNNING: "completed", DIVERGED: "diverged", CONVERGED: "converged"}
@@ -159,8 +160,8 @@ class _Loop:
     loss_fn: Callable
     plan: _Plan
     make_opt: Callable
-    grad_tol: Optional[float]
-    clip_norm: Optional[float]
+    grad_tol: float | None
+    clip_norm: float | None
     noise_multiplier: float
     log_noise_scale: bool
     record_steps: bool
@@ -296,7 +297,7 @@ def _to_numpy_history(recs) -> dict:
 
 
 def _finish(state: TrainState, recs: dict, plan: _Plan, epochs: int, on_divergence: str,
-            extra: Optional[dict] = None):
+            extra: dict | None = None):
     status = int(state.status)
     hist = _to_numpy_history(recs)
     hist["status"] = _STATUS_NAMES[status]
@@ -392,11 +393,11 @@ def _check_mesh(plan: _Plan, mesh) -> None:
 
 
 def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformation,
-        method: str = "batch", epochs: int, batch_size: Optional[int] = None, key=None,
-        history_every: str = "epoch", grad_tol: Optional[float] = None,
-        on_divergence: str = "raise", clip_norm: Optional[float] = None,
+        method: str = "batch", epochs: int, batch_size: int | None = None, key=None,
+        history_every: str = "epoch", grad_tol: float | None = None,
+        on_divergence: str = "raise", clip_norm: float | None = None,
         noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False,
-        full_loss: bool = False, progress: bool = False, callback: Optional[Callable] = None,
+        full_loss: bool = False, progress: bool = False, callback: Callable | None = None,
         mesh=None):
     """Train ``params`` by (batch / stochastic / mini-batch) gradient descent.
 
@@ -494,12 +495,12 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
     return _finish(state, recs, plan, epochs, on_divergence)
 
 
-def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable] = None,
-          learning_rates: Optional[Sequence[float]] = None,
-          optimizer: Optional[optax.GradientTransformation] = None,
-          seeds: Optional[Sequence[int]] = None, key=None, method: str = "batch", epochs: int,
-          batch_size: Optional[int] = None, history_every: str = "epoch",
-          grad_tol: Optional[float] = None, clip_norm: Optional[float] = None,
+def sweep(loss_fn: Callable, params, data, *, make_optimizer: Callable | None = None,
+          learning_rates: Sequence[float] | None = None,
+          optimizer: optax.GradientTransformation | None = None,
+          seeds: Sequence[int] | None = None, key=None, method: str = "batch", epochs: int,
+          batch_size: int | None = None, history_every: str = "epoch",
+          grad_tol: float | None = None, clip_norm: float | None = None,
           noise_multiplier: float = 0.0, log_noise_scale: bool = False, drop_last: bool = False,
           full_loss: bool = False):
     """Train N copies in one compiled program (``jax.vmap`` over learning rates and/or seeds).
@@ -573,7 +574,7 @@ def sweep(loss_fn: Callable, params, data, *, make_optimizer: Optional[Callable]
 
 
 def lr_find(loss_fn: Callable, params, data, *, optimizer_fn: Callable, min_lr: float = 1e-7,
-            max_lr: float = 10.0, steps: int = 100, key, batch_size: Optional[int] = None,
+            max_lr: float = 10.0, steps: int = 100, key, batch_size: int | None = None,
             smoothing: float = 0.98, diverge_factor: float = 4.0) -> dict:
     """Learning-rate range test: one update per step while the rate grows exponentially.
 

@@ -19,7 +19,7 @@ MODE = sys.argv[1] if len(sys.argv) > 1 else "single"
 jax.config.update("jax_num_cpu_devices", 8 if MODE == "single" else 4)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-from jaxcalc import parallel  # noqa: E402
+from jaxcalc import parallel  # noqa: E402  (after the device count is fixed)
 
 DISTRIBUTED = parallel.initialize_distributed()  # True only in "host" mode (env set by the test)
 
@@ -37,7 +37,7 @@ BATCH = 32
 def rel_diff(a, b) -> float:
     """max |a - b| / max |b| over all leaves (0 when both are 0)."""
     num = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     den = max(float(np.max(np.abs(np.asarray(y, np.float64)))) for y in jax.tree.leaves(b))
     return num / den if den else num
 
@@ -55,7 +55,7 @@ def make_step(loss_fn, optimizer):
 
 def run_steps(step_fn, params, opt_state, batches, keys):
     out_losses = []
-    for batch, key in zip(batches, keys):
+    for batch, key in zip(batches, keys, strict=True):
         params, opt_state, loss = step_fn(params, opt_state, batch, key)
         out_losses.append(loss)
     return params, opt_state, out_losses
@@ -78,7 +78,7 @@ def compare(name, loss_fn, params, batches, meshes):
     optimizer = optax.adam(1e-2)
     step = make_step(loss_fn, optimizer)
     keys = list(jax.random.split(jax.random.key(7), STEPS))
-    ref_p, ref_s, ref_l = run_steps(jax.jit(step), params, optimizer.init(params), batches, keys)
+    ref_p, _ref_s, ref_l = run_steps(jax.jit(step), params, optimizer.init(params), batches, keys)
     ref_p, ref_l = fetch(ref_p), [float(v) for v in ref_l]
     res = {"ref_loss": ref_l, "bytes": parallel.allreduce_bytes_per_step(params)}
     for label, mesh, fsdp in meshes:
@@ -88,7 +88,7 @@ def compare(name, loss_fn, params, batches, meshes):
         leaves = jax.tree.leaves(p)
         res[label] = {
             "param_rel_diff": rel_diff(fetch(p), ref_p),
-            "loss_diff": max(abs(float(fetch(a)) - b) for a, b in zip(ls, ref_l)),
+            "loss_diff": max(abs(float(fetch(a)) - b) for a, b in zip(ls, ref_l, strict=True)),
             "n_devices": mesh.size,
             "params_replicated": all(x.sharding.is_fully_replicated for x in leaves),
             "params_sharded": sum(not x.sharding.is_fully_replicated for x in leaves),

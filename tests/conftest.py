@@ -6,8 +6,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # CLI runs inside tests use a throw-away compilation cache, never the user's.
 os.environ.setdefault("JAXCALC_CACHE_DIR", tempfile.mkdtemp(prefix="jaxcalc-test-cache-"))
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

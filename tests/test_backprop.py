@@ -1,4 +1,5 @@
 """Hand-written backprop vs jax.grad / jax.vjp / finite differences (jax.test_util.check_grads)."""
+import itertools
 from functools import partial
 
 import jax
@@ -11,6 +12,7 @@ from jaxcalc import backprop as bp
 from jaxcalc import losses
 from jaxcalc.models.mlp import ACTIVATIONS, init_mlp, mlp_loss
 
+
 def _problem(depth, batch, loss, dtype, seed=0, d_in=7, width=9, k=4):
     """A random MLP with ``depth`` dense layers and a batch of inputs/targets.
 
@@ -20,7 +22,7 @@ def _problem(depth, batch, loss, dtype, seed=0, d_in=7, width=9, k=4):
     sizes = (d_in,) + (width,) * (depth - 1) + (k,)
     params = [(jnp.asarray(rng.normal(size=(m, n)) * np.sqrt(2.0 / (m + n)), dtype),
                jnp.asarray(rng.normal(size=(n,)) * 0.1, dtype))
-              for m, n in zip(sizes[:-1], sizes[1:])]
+              for m, n in itertools.pairwise(sizes)]
     x = jnp.asarray(rng.normal(size=(batch, d_in)), dtype)
     if loss == "mse":
         y = jnp.asarray(rng.normal(size=(batch, k)), dtype)
@@ -58,7 +60,7 @@ def test_backprop_equals_jax_grad_float64(x64, depth, batch, loss, act):
     assert float(rel) <= 1e-10
     assert float(rel_vjp) <= 1e-10
     # stricter, entry by entry (absolute floor for entries that are zero up to rounding)
-    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref)):
+    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
 
 
@@ -133,7 +135,7 @@ def test_dense_backward_is_its_vjp(x64):
     x, w, b, dz = (jnp.asarray(rng.normal(size=s)) for s in [(6, 3), (3, 4), (4,), (6, 4)])
     _, cache = bp.dense_forward(x, w, b)
     _, vjp = jax.vjp(lambda x, w, b: x @ w + b[None, :], x, w, b)
-    for mine, ref in zip(bp.dense_backward(cache, dz), vjp(dz)):
+    for mine, ref in zip(bp.dense_backward(cache, dz), vjp(dz), strict=True):
         np.testing.assert_allclose(mine, ref, rtol=1e-13)
 
 

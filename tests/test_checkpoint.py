@@ -26,7 +26,7 @@ def state():
 def _assert_bitwise_equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(la, lb):
+    for x, y in zip(la, lb, strict=True):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             assert x.dtype == y.dtype
             x, y = jax.random.key_data(x), jax.random.key_data(y)

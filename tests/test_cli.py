@@ -49,9 +49,9 @@ def test_bad_option_value_exits_2_from_config_validation(capsys, tmp_path):
 
 
 def test_config_fields_become_options():
-    from experiments import get
-
     import argparse
+
+    from experiments import get
 
     parser = argparse.ArgumentParser()
     exposed = cli._add_config_options(parser, get("all").Config)

@@ -98,5 +98,5 @@ def test_gradient_matches_lax_reference(digits_model):
     g = jax.jit(jax.grad(lambda p: make_loss(apply)(p, {"x": x, "y": y}, None, train=False)[0]))(params)
     g_ref = jax.jit(jax.grad(
         lambda p: optax.softmax_cross_entropy_with_integer_labels(_reference_forward(p, x), y).mean()))(params)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -74,7 +74,7 @@ def test_cifar_python2_global_names(tmp_path, batches):
     legacy = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     assert legacy != raw and b"numpy.core.multiarray" in legacy
     (tmp_path / "test_batch").write_bytes(legacy)
-    x, y = cifar.read_python_batch(tmp_path / "test_batch")
+    x, _y = cifar.read_python_batch(tmp_path / "test_batch")
     np.testing.assert_array_equal(x, _expected_nhwc(batches["test_batch"]))
 
 
@@ -170,7 +170,8 @@ class _RunsPython:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
 
 
-@pytest.mark.parametrize("payload, refused", [(_RunsShell, r"(posix|nt)\.system"), (_RunsPython, r"(__builtin__|builtins)\.exec")])
+@pytest.mark.parametrize("payload, refused", [(_RunsShell, r"(posix|nt)\.system"),
+                                              (_RunsPython, r"(__builtin__|builtins)\.exec")])
 def test_malicious_pickle_is_refused(tmp_path, batches, payload, refused):
     marker = tmp_path / "marker"
     evil = {**batches["test_batch"], b"labels": payload(marker)}
@@ -268,7 +269,7 @@ def test_stratified_split():
     tr, te = stratified_split(y, test_fraction=0.25, seed=1)
     assert np.intersect1d(tr, te).size == 0 and np.union1d(tr, te).size == 70
     assert np.bincount(y[te]).tolist() == [2, 5, 10]  # round(0.25 * [10, 20, 40]) = [2 (2.5 -> 2, banker's), 5, 10]
-    tr2, te2 = stratified_split(y, test_fraction=0.25, seed=1)
+    _tr2, te2 = stratified_split(y, test_fraction=0.25, seed=1)
     np.testing.assert_array_equal(te, te2)
     with pytest.raises(ValueError, match="test_fraction"):
         stratified_split(y, test_fraction=1.0)

@@ -41,7 +41,7 @@ def test_pytree_gradient_matches_jax_grad(x64):
     exact = jax.grad(f)(params)
     for approx, tol in ((D.central_difference(f, params), 1e-9), (D.complex_step(f, params), 1e-14),
                         (D.forward_difference(f, params), 1e-6)):
-        for a, e in zip(jax.tree_util.tree_leaves(approx), jax.tree_util.tree_leaves(exact)):
+        for a, e in zip(jax.tree_util.tree_leaves(approx), jax.tree_util.tree_leaves(exact), strict=True):
             assert a.shape == e.shape
             np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
 

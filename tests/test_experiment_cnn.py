@@ -78,7 +78,7 @@ def test_predict_command(smoke_run, image_dir, capsys, tmp_path):
     assert cnn.predict_command(["--checkpoint", str(smoke_run), *map(str, files), str(rgb)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
-    for line, f in zip(lines, files + [rgb]):
+    for line, f in zip(lines, [*files, rgb], strict=True):
         name, rest = line.split(": ", 1)
         assert name == str(f)
         cls, prob = rest.rsplit(" (", 1)
@@ -142,7 +142,7 @@ def test_sigkill_then_resume_is_bitwise_identical(image_dir, tmp_path):
     reference = cnn.run(cnn.Config(**config), tmp_path / "reference")
 
     a, b = _final_params(killed, epochs), _final_params(tmp_path / "reference", epochs)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise, not allclose
     rows = [(killed / "metrics.jsonl").read_text(), (tmp_path / "reference" / "metrics.jsonl").read_text()]
     assert rows[0] == rows[1] and len(rows[0].splitlines()) == epochs
@@ -192,9 +192,9 @@ def test_eight_devices_match_one(smoke_run, image_dir, tmp_path):
     rows8, rows1 = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
                     for d in (out, smoke_run))
     assert len(rows8) == len(rows1) == 2
-    for r8, r1 in zip(rows8, rows1):
+    for r8, r1 in zip(rows8, rows1, strict=True):
         np.testing.assert_allclose([r8["train_loss"], r8["test_loss"]], [r1["train_loss"], r1["test_loss"]],
                                    rtol=1e-4)
     # the 8-device checkpoint restores in this 1-device process and matches to float32 rounding
-    for a, b in zip(jax.tree.leaves(_final_params(out, 2)), jax.tree.leaves(_final_params(smoke_run, 2))):
+    for a, b in zip(jax.tree.leaves(_final_params(out, 2)), jax.tree.leaves(_final_params(smoke_run, 2)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxcalc import losses as L
 
@@ -138,9 +140,6 @@ def test_huber_bad_delta():
 
 
 # --- properties (hypothesis) ---------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
 

@@ -85,7 +85,7 @@ def test_nnx_roundtrip_same_numbers_same_outputs():
     params = init_mlp(jax.random.key(4), (2, 10, 10, 1), init="glorot_uniform")
     model = mlp_from_params(params, activation="relu")
     back = mlp_to_params(model)
-    for (w, b), (w2, b2) in zip(params, back):
+    for (w, b), (w2, b2) in zip(params, back, strict=True):
         assert np.array_equal(w, w2) and np.array_equal(b, b2)
     np.testing.assert_array_equal(model(X2), mlp_apply(params, X2))
 
@@ -113,6 +113,6 @@ def test_nnx_training_through_split_merge_matches_pure():
     np.testing.assert_allclose(l_nnx, l_pure, rtol=1e-5, atol=1e-7)
     assert float(l_pure[-1]) < 0.5 * float(l_pure[0])  # it did train
     trained = nnx.merge(graphdef, s_nnx)
-    for (w, b), (w2, b2) in zip(mlp_to_params(trained), p_pure):
+    for (w, b), (w2, b2) in zip(mlp_to_params(trained), p_pure, strict=True):
         np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-6)

@@ -76,7 +76,7 @@ def test_custom_scale_and_missing_or_empty_file(tmp_path):
     path = write(tmp_path, "u.data", U_DATA)
     with pytest.raises(ValueError, match=r"u.data:3: rating 1 is outside the rating scale \[2, 5\]"):
         ml.load_ratings(path, scale=(2, 5))
-    with pytest.raises(FileNotFoundError, match="nope.data"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.data"):
         ml.load_ratings(tmp_path / "nope.data")
     with pytest.raises(ValueError, match="no ratings"):
         ml.load_ratings(write(tmp_path, "empty.data", "\t\n"), fmt="tab")
@@ -142,7 +142,7 @@ def test_random_split_is_a_seeded_partition(synthetic):
     assert len(te) == round(0.25 * len(d)) and len(tr) + len(te) == len(d)
     assert np.intersect1d(itr, ite).size == 0
     np.testing.assert_array_equal(te.ratings, d.ratings[ite])
-    tr2, te2 = ml.random_split(d, test_fraction=0.25, key=jax.random.key(3))
+    _tr2, te2 = ml.random_split(d, test_fraction=0.25, key=jax.random.key(3))
     np.testing.assert_array_equal(te2.users, te.users)
     with pytest.raises(ValueError, match="test_fraction"):
         ml.random_split(d, test_fraction=1.0, key=jax.random.key(0))

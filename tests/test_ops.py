@@ -7,8 +7,8 @@ gradients), central finite differences in float64 (``jaxcalc.check_grads`` and
 import functools
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from jax import lax
@@ -70,7 +70,7 @@ def _data(seed, n, h, w, cin, cout, dtype=np.float32):
 
 
 def _assert_close(got, want, tol, what):
-    for g, w, name in zip(jax.tree.leaves(got), jax.tree.leaves(want), ("x", "kernel", "bias")):
+    for g, w, name in zip(jax.tree.leaves(got), jax.tree.leaves(want), ("x", "kernel", "bias"), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), err_msg=f"{what}: d/d{name}", **tol)
 
 

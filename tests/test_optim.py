@@ -60,7 +60,7 @@ def test_matches_optax_twin_over_1000_steps(name, ours, twin, lr):
     loss, params = _logistic_problem()
     mine = _trajectory(ours(lr), loss, params)
     ref = _trajectory(twin(lr), loss, params)
-    for leaf_mine, leaf_ref in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+    for leaf_mine, leaf_ref in zip(jax.tree.leaves(mine), jax.tree.leaves(ref), strict=True):
         assert leaf_mine.shape[0] == STEPS
         np.testing.assert_allclose(leaf_mine, leaf_ref, rtol=1e-6, atol=1e-7)
     # the run went somewhere: the last iterate differs from the start
@@ -78,7 +78,7 @@ def test_matches_optax_with_schedule(name, ours, twin):
     sched = optax.exponential_decay(0.05, transition_steps=10, decay_rate=0.7)
     mine = _trajectory(ours(sched), loss, params, steps=50)
     ref = _trajectory(twin(sched), loss, params, steps=50)
-    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 

@@ -1,11 +1,14 @@
 """Per-example gradients, DP-SGD clipping, gradient noise scale, and the MLP ghost-norm path."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from jaxcalc import losses, per_example as pe
+from jaxcalc import losses
+from jaxcalc import per_example as pe
 from jaxcalc.models.linear import mse_loss
 from jaxcalc.models.mlp import mlp_apply
 
@@ -57,7 +60,7 @@ def test_linear_model_mse_loss_from_models():
     params = init_linear(jax.random.key(0), 2)
     g = pe.per_example_grads(mse_loss, params, batch)
     full = jax.grad(mse_loss)(params, batch)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(full)):
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(full), strict=True):
         np.testing.assert_allclose(a.mean(0), b, rtol=1e-5, atol=1e-6)
 
 
@@ -70,7 +73,7 @@ def test_clipped_mean_grad_matches_optax(clip_norm):
     leaves, treedef = jax.tree.flatten(g)
     ref_sum, num_clipped = optax.per_example_global_norm_clip(leaves, clip_norm)
     ref = jax.tree.unflatten(treedef, [s / 12 for s in ref_sum])
-    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
+    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert float(aux["clipped_fraction"]) == pytest.approx(int(num_clipped) / 12)
     assert aux["norms"].shape == (12,)
@@ -132,7 +135,7 @@ def _mlp_case(sizes, target_kind, n=9, seed=0):
     rng = np.random.default_rng(seed)
     params = [
         (jnp.asarray(rng.normal(size=(m, k)) * np.sqrt(2.0 / m)), jnp.asarray(0.1 * rng.normal(size=k)))
-        for m, k in zip(sizes[:-1], sizes[1:])
+        for m, k in itertools.pairwise(sizes)
     ]
     x = jnp.asarray(rng.normal(size=(n, sizes[0])))
     if target_kind == "int":
@@ -159,11 +162,12 @@ def test_ghost_path_equals_vmap_path(x64, sizes, activation, per_ex, batch_loss,
     for sigma in (0.0, 1.5):  # traced: one compilation for both (σ = 0 adds 0·ξ)
         ref, ref_aux = _vmap_clip(loss_fn, params, batch, clip_norm=clip, noise_multiplier=sigma, key=key)
         got, aux = _ghost_clip(
-            params, batch, per_example_loss=per_ex, clip_norm=clip, noise_multiplier=sigma, key=key, activation=activation
+            params, batch, per_example_loss=per_ex, clip_norm=clip, noise_multiplier=sigma, key=key,
+            activation=activation
         )
         assert 0.0 < float(aux["clipped_fraction"]) < 1.0
         assert jax.tree.structure(got) == jax.tree.structure(params)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(aux["norms"], ref_aux["norms"], rtol=1e-10)
 
@@ -174,7 +178,7 @@ def test_ghost_unclipped_equals_batch_gradient(x64):
         params, batch, per_example_loss=losses.softmax_cross_entropy_with_integer_labels, clip_norm=np.inf
     )
     ref = jax.jit(jax.grad(lambda p: losses.cross_entropy(mlp_apply(p, batch["x"]), batch["y"])))(params)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
     assert float(aux["clipped_fraction"]) == 0.0
 

@@ -8,7 +8,7 @@ import pytest
 import jaxcalc
 from jaxcalc.models import recommender as rec
 
-U, I, K = 7, 6, 3
+U, N_ITEMS, K = 7, 6, 3  # users, items, factors
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ def np_params(params):
 
 
 def test_init_shapes_and_module_round_trip():
-    params = rec.init(jax.random.key(0), U, I, factors=K, init_scale=0.1, global_mean=3.5)
+    params = rec.init(jax.random.key(0), U, N_ITEMS, factors=K, init_scale=0.1, global_mean=3.5)
     assert {k: tuple(v.shape) for k, v in params.items()} == {
-        "mu": (), "user_bias": (U,), "item_bias": (I,), "user_factors": (U, K), "item_factors": (I, K)}
+        "mu": (), "user_bias": (U,), "item_bias": (N_ITEMS,), "user_factors": (U, K), "item_factors": (N_ITEMS, K)}
     assert float(params["mu"]) == 3.5 and not np.any(np.asarray(params["user_bias"]))
     module = rec.to_module(params)
     users, items = jnp.array([0, 3, 6]), jnp.array([5, 0, 2])
@@ -38,16 +38,17 @@ def test_init_shapes_and_module_round_trip():
     # the module built directly (same key) holds the same parameters
     from flax import nnx
 
-    direct = rec.BiasedMF(U, I, factors=K, init_scale=0.1, global_mean=3.5, rngs=nnx.Rngs(params=jax.random.key(0)))
+    direct = rec.BiasedMF(U, N_ITEMS, factors=K, init_scale=0.1, global_mean=3.5,
+                          rngs=nnx.Rngs(params=jax.random.key(0)))
     np.testing.assert_allclose(direct.item_factors[...], params["item_factors"], rtol=1e-6)
     with pytest.raises(ValueError, match="factors"):
-        rec.init(jax.random.key(0), U, I, factors=-1)
+        rec.init(jax.random.key(0), U, N_ITEMS, factors=-1)
 
 
 def test_predict_formula_and_unknown_fallback():
-    params = rec.init(jax.random.key(0), U, I, factors=K, init_scale=0.5, global_mean=3.0)
+    params = rec.init(jax.random.key(0), U, N_ITEMS, factors=K, init_scale=0.5, global_mean=3.0)
     params = dict(params, user_bias=jnp.arange(U, dtype=jnp.float32) / 10,
-                  item_bias=-jnp.arange(I, dtype=jnp.float32) / 10)
+                  item_bias=-jnp.arange(N_ITEMS, dtype=jnp.float32) / 10)
     p = np_params(params)
     users = np.array([2, -1, 4, -1])
     items = np.array([1, 3, -1, -1])
@@ -79,7 +80,7 @@ def surprise_sgd_reference(p, batch, lr, reg, epochs):
     """Surprise's SVD.sgd loop (surprise/prediction_algorithms/matrix_factorization.pyx), in numpy."""
     mu, bu, bi, pu, qi = p["mu"], p["user_bias"], p["item_bias"], p["user_factors"], p["item_factors"]
     for _ in range(epochs):
-        for u, i, r in zip(batch["user"], batch["item"], batch["rating"]):
+        for u, i, r in zip(batch["user"], batch["item"], batch["rating"], strict=True):
             dot = np.dot(qi[i], pu[u])
             err = r - (mu + bu[u] + bi[i] + dot)
             bu[u] += lr * (err - reg * bu[u])
@@ -137,7 +138,7 @@ def test_minibatch_adam_matches_optax_adam(small):
 
 
 def test_minibatch_fits_and_shuffles_reproducibly(small):
-    batch, params = small
+    batch, _params = small
     a = rec.fit(batch, 30, 20, method="minibatch", epochs=5, lr=0.02, reg=0.05, batch_size=64, factors=4,
                 key=jax.random.key(3))
     b = rec.fit(batch, 30, 20, method="minibatch", epochs=5, lr=0.02, reg=0.05, batch_size=64, factors=4,

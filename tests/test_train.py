@@ -39,7 +39,7 @@ def test_batch_equals_optax_loop(reg):
     np.testing.assert_allclose(params["b"], p["b"], rtol=1e-5)
     np.testing.assert_allclose(hist["loss"], losses, rtol=1e-5)
     # full_loss: the loss after each epoch = the loss before the next one
-    np.testing.assert_allclose(hist["full_loss"], losses[1:] + [float(mse_loss(p, data))], rtol=1e-5)
+    np.testing.assert_allclose(hist["full_loss"], [*losses[1:], float(mse_loss(p, data))], rtol=1e-5)
     assert hist["loss"].shape == (20,) and hist["grad_norm"].shape == (20,)
     assert hist["status"] == "completed" and hist["epochs_run"] == 20
 
@@ -146,7 +146,7 @@ def test_divergence_on_a_quadratic(reg):
 def test_grad_tol_early_stop():
     # f(p) = p²/2 with lr 0.5: p_k = 0.5^k, gradient p_k; first k with 0.5^k <= 0.01 is 7 (by hand)
     data = {"x": jnp.ones((1, 1))}
-    loss = lambda p, b: 0.5 * p["p"] ** 2 + 0.0 * jnp.sum(b["x"])  # noqa: E731
+    loss = lambda p, b: 0.5 * p["p"] ** 2 + 0.0 * jnp.sum(b["x"])
     params, hist = train.fit(loss, {"p": jnp.ones(())}, data, optimizer=optax.sgd(0.5),
                              epochs=50, grad_tol=0.01)
     assert hist["status"] == "converged" and hist["stop_epoch"] == 7
@@ -195,7 +195,7 @@ def test_lr_find_stops_past_the_stability_limit():
     # f(p) = λ/2 |p|², GD is stable for lr < 2/λ (closed form); λ = 4 -> 0.5
     lam = 4.0
     data = {"x": jnp.ones((3, 1))}
-    loss = lambda p, b: 0.5 * lam * jnp.sum(p["p"] ** 2) + 0.0 * jnp.sum(b["x"])  # noqa: E731
+    loss = lambda p, b: 0.5 * lam * jnp.sum(p["p"] ** 2) + 0.0 * jnp.sum(b["x"])
     res = train.lr_find(loss, {"p": jnp.ones(2)}, data, optimizer_fn=optax.sgd, min_lr=1e-3,
                         max_lr=10.0, steps=60, key=jax.random.key(0), smoothing=0.9)
     assert res["stopped_step"] > 0 and res["lrs"][-1] > 2 / lam

@@ -39,7 +39,7 @@ def stratified_split(labels, *, test_fraction: float = 0.2, seed: int = 0) -> tu
     test = []
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
-        k = int(round(idx.size * test_fraction))
+        k = round(idx.size * test_fraction)
         if idx.size >= 2:
             k = min(max(k, 1), idx.size - 1)
         test.append(rng.permutation(idx)[:k])

@@ -20,24 +20,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import jax
 import numpy as np
 
 __all__ = [
+    "MOVIELENS_SCALE",
     "Ratings",
     "SyntheticRatings",
+    "detect_format",
+    "kfold_splits",
+    "load_item_titles",
     "load_ratings",
     "load_train_test",
-    "load_item_titles",
-    "detect_format",
-    "random_split",
     "per_user_split",
-    "kfold_splits",
+    "random_split",
     "synthetic_ratings",
-    "MOVIELENS_SCALE",
 ]
 
 MOVIELENS_SCALE = (0.5, 5.0)  # every MovieLens release rates within [0.5, 5] (half stars from ml-10m on)
@@ -82,7 +82,7 @@ class Ratings:
     def __len__(self) -> int:
         return int(self.ratings.shape[0])
 
-    def subset(self, index) -> "Ratings":
+    def subset(self, index) -> Ratings:
         """The ratings at ``index`` (an int array or boolean mask), with the same id maps."""
         return dataclasses.replace(
             self, users=self.users[index], items=self.items[index], ratings=self.ratings[index]
@@ -110,7 +110,7 @@ def _lookup(ids: np.ndarray, raw_id, what: str) -> int:
 # --------------------------------------------------------------------------- parsing
 
 
-def detect_format(path: Path | str, first_line: Optional[str] = None) -> str:
+def detect_format(path: Path | str, first_line: str | None = None) -> str:
     """``"tab"``, ``"dat"`` or ``"csv"`` from the file name, else from its first line."""
     path = Path(path)
     if path.suffix == ".csv":
@@ -140,7 +140,7 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _parse_raw(path: Path, fmt: Optional[str], scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_raw(path: Path, fmt: str | None, scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw ``(user_ids int64, item_ids int64, ratings float32)`` of one ratings file."""
     if not path.exists():
         raise FileNotFoundError(f"ratings file not found: {path}")
@@ -213,7 +213,7 @@ def _index(raw: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.where(found, pos, -1).astype(np.int32)
 
 
-def load_ratings(path: Path | str, *, fmt: Optional[str] = None, scale=MOVIELENS_SCALE) -> Ratings:
+def load_ratings(path: Path | str, *, fmt: str | None = None, scale=MOVIELENS_SCALE) -> Ratings:
     """Read a MovieLens ratings file (format from its name or first line).
 
     Args:
@@ -236,7 +236,7 @@ def load_ratings(path: Path | str, *, fmt: Optional[str] = None, scale=MOVIELENS
                    user_ids, item_ids, tuple(scale), str(path))
 
 
-def load_train_test(train_path, test_path, *, fmt: Optional[str] = None, scale=MOVIELENS_SCALE):
+def load_train_test(train_path, test_path, *, fmt: str | None = None, scale=MOVIELENS_SCALE):
     """Read a given train/test pair (e.g. ml-100k's ``u1.base`` / ``u1.test``).
 
     The id maps come from the training file; test users or items absent from it get index
@@ -299,10 +299,10 @@ def random_split(data: Ratings, *, test_fraction: float = 0.2, key, return_index
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n = len(data)
     perm = _np_rng(key).permutation(n)
-    n_test = max(1, int(round(test_fraction * n)))
+    n_test = max(1, round(test_fraction * n))
     tr, te = np.sort(perm[n_test:]), np.sort(perm[:n_test])
     out = (data.subset(tr), data.subset(te))
-    return out + (tr, te) if return_index else out
+    return (*out, tr, te) if return_index else out
 
 
 def per_user_split(data: Ratings, *, test_fraction: float = 0.2, key, return_index: bool = False):
@@ -327,7 +327,7 @@ def per_user_split(data: Ratings, *, test_fraction: float = 0.2, key, return_ind
     is_test[order] = rank < n_test
     tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
     out = (data.subset(tr), data.subset(te))
-    return out + (tr, te) if return_index else out
+    return (*out, tr, te) if return_index else out
 
 
 def kfold_splits(data: Ratings, *, folds: int, key, return_index: bool = False) -> Iterator[tuple]:
@@ -342,7 +342,7 @@ def kfold_splits(data: Ratings, *, folds: int, key, return_index: bool = False) 
         mask = np.zeros(len(data), bool)
         mask[chunk] = True
         out = (data.subset(~mask), data.subset(mask))
-        yield out + (np.flatnonzero(~mask), np.flatnonzero(mask)) if return_index else out
+        yield (*out, np.flatnonzero(~mask), np.flatnonzero(mask)) if return_index else out
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -404,7 +404,7 @@ def synthetic_ratings(key, *, num_users: int = 943, num_items: int = 1682, rank:
     Q = s * rng.standard_normal((num_items, rank))
 
     # How many ratings each user gives: log-normal activity scaled to the target total.
-    total = int(round(density * num_users * num_items))
+    total = round(density * num_users * num_items)
     act = np.exp(rng.standard_normal(num_users))
     extra = max(total - min_per_user * num_users, 0)
     counts = min_per_user + np.floor(extra * act / act.sum()).astype(np.int64)

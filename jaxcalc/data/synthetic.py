@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["linear_regression", "blobs"]
+__all__ = ["blobs", "linear_regression"]
 
 
 def linear_regression(key, n: int, d: int, *, noise: float = 0.1, w=None, b=None,
@@ -44,7 +43,7 @@ def _linear_regression(key, n, d, noise, w, b, dtype):
 
 
 def blobs(key, n: int, num_classes: int = 2, d: int = 2, *, spread: float = 1.0,
-          separation: float = 4.0, centers: Optional[jax.Array] = None, dtype=jnp.float32):
+          separation: float = 4.0, centers: jax.Array | None = None, dtype=jnp.float32):
     """Gaussian blobs for classification: class ``c`` is ``N(center_c, spread² I)``.
 
     Args:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcalc import losses
-from jaxcalc import ops
+from jaxcalc import losses, ops
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,9 @@ both sides give the same outputs and losses.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ def init_mlp(key, sizes: Sequence[int], *, init: str = "he", dtype=jnp.float32):
         raise ValueError(f"sizes must list at least input and output widths >= 1, got {sizes}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    shapes = list(zip(sizes[:-1], sizes[1:]))
+    shapes = list(itertools.pairwise(sizes))
     kind, _ = _weight_scale(*shapes[0], init)
     flat = _standard_draw(key, kind, (sum(m * n for m, n in shapes),), dtype)
     params, start = [], 0

@@ -32,7 +32,7 @@ two-row scatter, so XLA updates the table in place instead of copying it).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,21 +44,21 @@ from jaxcalc import parallel
 from jaxcalc.losses import absolute_error, squared_error
 
 __all__ = [
+    "DATA_PARALLEL_METHODS",
+    "METHODS",
+    "SURPRISE_SVD",
     "BiasedMF",
+    "FitResult",
+    "evaluate",
+    "fit",
     "init",
-    "to_module",
-    "predict",
     "loss",
     "pack",
-    "unpack",
+    "predict",
     "sgd_epoch",
-    "fit",
-    "FitResult",
-    "METHODS",
-    "DATA_PARALLEL_METHODS",
-    "SURPRISE_SVD",
-    "evaluate",
+    "to_module",
     "top_n",
+    "unpack",
 ]
 
 METHODS = ("als", "minibatch", "fullbatch", "sgd")
@@ -134,8 +134,8 @@ def _init(key, init_scale, global_mean, *, num_users, num_items, factors):
 def to_module(params: dict) -> BiasedMF:
     """Back from a parameter dict to a :class:`BiasedMF` (``nnx.merge``)."""
     U, k = params["user_factors"].shape
-    I = params["item_factors"].shape[0]
-    abstract = nnx.eval_shape(lambda: BiasedMF(U, I, factors=k, rngs=nnx.Rngs(params=0)))
+    n_items = params["item_factors"].shape[0]
+    abstract = nnx.eval_shape(lambda: BiasedMF(U, n_items, factors=k, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, {k_: jnp.asarray(v) for k_, v in params.items()})
     return nnx.merge(graphdef, state)
@@ -186,7 +186,7 @@ def predict(params: dict, users, items):
                           both[:, None] * params["user_factors"][u], params["item_factors"][i])
 
 
-def loss(params: dict, batch: dict, *, reg: float = 0.02, reg_bias: Optional[float] = None):
+def loss(params: dict, batch: dict, *, reg: float = 0.02, reg_bias: float | None = None):
     """The training objective on one batch (pure; differentiable in every parameter).
 
     Args:
@@ -467,10 +467,10 @@ def _als_epoch(table, mu, users, items, ratings, dense_mats, reg, reg_bias, *, n
       ``(table, objective)``.
     """
     U = num_users
-    I = table.shape[0] - U
+    n_items = table.shape[0] - U
     dt = table.dtype
     cu = jnp.zeros((U,), dt).at[users].add(1.0)
-    ci = jnp.zeros((I,), dt).at[items].add(1.0)
+    ci = jnp.zeros((n_items,), dt).at[items].add(1.0)
     dense = dense_mats is not None
     if dense:
         mask, rmat = dense_mats
@@ -488,7 +488,7 @@ def _als_epoch(table, mu, users, items, ratings, dense_mats, reg, reg_bias, *, n
     if dense:
         A, b = _gram_dense(mask.T, (rmat - mask * x_u[:, -1][:, None]).T, x)
     else:
-        A, b = _gram_sparse(x[users], ratings - mu - x_u[users, -1], items, I, chunk)
+        A, b = _gram_sparse(x[users], ratings - mu - x_u[users, -1], items, n_items, chunk)
     x_i = _solve_rows(A, b, ci, reg, reg_bias)
     table = jnp.concatenate([x_u, x_i], axis=0)
     rows = table[jnp.concatenate([users, items + U])]
@@ -528,9 +528,9 @@ def _compiled(fn, *args, **kwargs):
 
 
 def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", factors: int = 100,
-        epochs: int = 20, lr: float = 0.005, reg: float = 0.02, reg_bias: Optional[float] = None,
+        epochs: int = 20, lr: float = 0.005, reg: float = 0.02, reg_bias: float | None = None,
         init_scale: float = 0.1, batch_size: int = 4096, optimizer: str = "adam",
-        key, params: Optional[dict] = None, on_epoch=None, chunk: int = 4096,
+        key, params: dict | None = None, on_epoch=None, chunk: int = 4096,
         dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None) -> FitResult:
     """Fit :class:`BiasedMF` to training ratings.
 
@@ -622,9 +622,9 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         return out
 
     if method == "sgd":
-        args = (rows_u, rows_i, r, f32(lr)) + hyper
+        args = (rows_u, rows_i, r, f32(lr), *hyper)
         exe, compile_s = _compiled(sgd_epoch, table, mu, *args, unroll=4)
-        step = lambda t, e: (exe(t, mu, *args), None)  # noqa: E731
+        step = lambda t, e: (exe(t, mu, *args), None)
     elif method == "als":
         ju, ji = jnp.asarray(users), jnp.asarray(items)
         mats = None
@@ -634,7 +634,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
                 table = timed(_spectral_init, table, *mats, k_shuffle, num_users=num_users)
         exe, compile_s = _compiled(_als_epoch, table, mu, ju, ji, r, mats, *hyper, num_users=num_users,
                                    chunk=min(chunk, ratings.size))
-        step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)  # noqa: E731
+        step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)
     elif method == "fullbatch" and num_users * num_items <= dense_limit:
         ju, ji = rows_u, rows_i - num_users
         mats = timed(_dense_ratings, ju, ji, r, mu, num_users=num_users, num_items=num_items)
@@ -647,7 +647,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
                 counts = (cu, parallel.replicate(counts[1], mesh))
             else:
                 mats, counts = parallel.replicate((mats, counts), mesh)
-        args = (*mats, *counts, f32(lr)) + hyper
+        args = (*mats, *counts, f32(lr), *hyper)
         exe, compile_s = _compiled(_dense_gd_epoch, table, state[0], mu, *args, optimizer=optimizer,
                                    num_users=num_users, mesh=mesh)
 
@@ -660,7 +660,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         keys = list(jax.random.split(k_shuffle, epochs))
         if mesh is not None:
             state[0], keys = parallel.replicate((state[0], keys), mesh)
-        args = (rows_u, rows_i, r, f32(lr)) + hyper
+        args = (rows_u, rows_i, r, f32(lr), *hyper)
         exe, compile_s = _compiled(_minibatch_epoch, table, state[0], keys[0], mu, *args,
                                    optimizer=optimizer, batch_size=b, mesh=mesh)
 
@@ -747,12 +747,12 @@ def top_n(params: dict, users, exclude: dict, *, n: int = 10, chunk: int = 1024)
       ``(scores (m, n), items (m, n))`` numpy arrays, best first.
     """
     users = np.asarray(users, np.int32)
-    I = params["item_bias"].shape[0]
-    n = min(n, I)
+    n_items = params["item_bias"].shape[0]
+    n = min(n, n_items)
     out_s, out_i = [], []
     for start in range(0, users.size, chunk):
         us = users[start:start + chunk]
-        mask = np.zeros((chunk, I), bool)
+        mask = np.zeros((chunk, n_items), bool)
         for row, u in enumerate(us):
             seen = exclude.get(int(u))
             if seen is not None and len(seen):
