@@ -48,7 +48,19 @@ _COMPILED: dict = {}  # executables per (model, data, batch) shape, reused by la
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Training options; each becomes a ``jaxcalc run cnn`` flag."""
+    """Training options; each becomes a ``jaxcalc run cnn`` flag.
+
+    Attributes:
+      data_dir: CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ image folders;
+        default $JAXCALC_DATA, else scikit-learn's 8x8 digits.
+      epochs: passes over the training set, >= 1.
+      batch_size: images per step, >= 1 and a multiple of --devices.
+      lr: Adam's (peak) learning rate, a finite number > 0.
+      lr_schedule: cosine (decay the learning rate to 0 over the run) or constant.
+      resume: continue from the latest complete checkpoint in --out.
+      devices: data-parallel over the first N devices (batch split, parameters replicated), >= 1.
+      seed: PRNG seed for the initial weights, the shuffling and dropout.
+    """
 
     data_dir: str | None = dataclasses.field(
         default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "

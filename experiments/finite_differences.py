@@ -20,7 +20,7 @@ least-squares fits in log-log on each side of the best h. Each sweep is one jitt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +39,25 @@ FUNCTIONS = ("exp", "sin", "network")
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of the step-size study; each field is a ``jaxcalc run finite-differences`` option.
+
+    Attributes:
+      seed: PRNG seed for the network's weights, data and direction.
+      x: the point where exp and sin are differentiated, finite with |x| <= 50.
+      num_steps: step sizes on a log grid from h_min to h_max, >= 9.
+      h_min: smallest step h, > 0.
+      h_max: largest step h, above h_min and at most 10.
+      hidden: width of the tanh MLP in the network loss, 1 to 4096.
+      num_examples: examples in the network loss, 1 to 100000.
+    """
+
     seed: int = 0
-    x: float = field(default=1.0, metadata={"help": "the point where exp and sin are differentiated"})
-    num_steps: int = field(default=97, metadata={"help": "step sizes on a log grid from h_min to h_max"})
-    h_min: float = field(default=1e-16, metadata={"help": "smallest step"})
-    h_max: float = field(default=1.0, metadata={"help": "largest step"})
-    hidden: int = field(default=8, metadata={"help": "width of the tanh MLP in the network loss"})
-    num_examples: int = field(default=16, metadata={"help": "examples in the network loss"})
+    x: float = 1.0
+    num_steps: int = 97
+    h_min: float = 1e-16
+    h_max: float = 1.0
+    hidden: int = 8
+    num_examples: int = 16
 
     def __post_init__(self):
         if not math.isfinite(self.x) or abs(self.x) > 50:
@@ -54,8 +66,12 @@ class Config:
             raise ValueError(f"num_steps must be >= 9, got {self.num_steps}")
         if not 0 < self.h_min < self.h_max <= 10:
             raise ValueError(f"need 0 < h_min < h_max <= 10, got h_min={self.h_min}, h_max={self.h_max}")
-        if self.hidden < 1 or self.num_examples < 1:
-            raise ValueError(f"hidden and num_examples must be >= 1, got {self.hidden}, {self.num_examples}")
+        if not 1 <= self.hidden <= 4096:
+            raise ValueError(f"hidden must be in [1, 4096], got {self.hidden}")
+        if not 1 <= self.num_examples <= 100_000:
+            raise ValueError(f"num_examples must be in [1, 100000], got {self.num_examples}")
+        if self.num_steps > 100_000:
+            raise ValueError(f"num_steps must be in [9, 100000], got {self.num_steps}")
 
 
 QUICK = {"num_steps": 49}

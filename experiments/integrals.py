@@ -16,15 +16,23 @@ NAME = "integrals"
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of the quadrature study; each field is a ``jaxcalc run integrals`` option.
+
+    Attributes:
+      seed: PRNG seed for the Monte Carlo samples.
+      max_doublings: panel counts n = 2, 4, ..., 2^max_doublings, 2 to 14.
+      mc_samples_max: Monte Carlo sample counts 16, 64, ... up to this, 16 to 2^22.
+    """
+
     seed: int = 0
-    max_doublings: int = 8       # n = 2, 4, ..., 2**max_doublings panels
-    mc_samples_max: int = 2**16  # Monte Carlo sample counts up to this
+    max_doublings: int = 8
+    mc_samples_max: int = 2**16
 
     def __post_init__(self):
         if not 2 <= self.max_doublings <= 14:
             raise ValueError(f"max_doublings must be in [2, 14], got {self.max_doublings}")
-        if self.mc_samples_max < 16:
-            raise ValueError(f"mc_samples_max must be >= 16, got {self.mc_samples_max}")
+        if not 16 <= self.mc_samples_max <= 2**22:
+            raise ValueError(f"mc_samples_max must be in [16, {2**22}], got {self.mc_samples_max}")
 
 
 QUICK = {"max_doublings": 6, "mc_samples_max": 2**12}
@@ -92,6 +100,7 @@ def run(config: Config, out_dir) -> dict:
     return writer.finish({
         "trapezoid_order": orders["trapezoid"],
         "simpson_order": orders["simpson"],
+        "error_panels": ns[min(5, len(ns) - 1)],  # the n of the two errors below (64 unless max_doublings < 6)
         "trapezoid_error_n64": errors["trapezoid"][min(5, len(ns) - 1)],
         "simpson_error_n64": errors["simpson"][min(5, len(ns) - 1)],
         "gauss_legendre_exp_error_n5": gl_exp_error,

@@ -25,6 +25,7 @@ generating ones in units of their standard errors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -38,20 +39,47 @@ from jaxcalc.models.linear import init_linear, least_squares, linear_apply, mse_
 from jaxcalc.runio import RunWriter, figure
 
 NAME = "linear"
+METHOD_NAMES = {"batch": "batch GD", "sgd": "SGD", "minibatch": "mini-batch"}
+
+
+DIABETES_EXAMPLES = 442  # scikit-learn's diabetes set
 
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of the linear-regression experiment; each field is a ``jaxcalc run linear`` option.
+
+    Attributes:
+      seed: PRNG seed for the SGD and mini-batch data orders and the synthetic data set.
+      article_lr: learning rate of the article's example 1, > 0 (the article's 0.01).
+      article_iterations: gradient-descent iterations of example 1, >= 1 (the article's 1000).
+      batch_epochs: batch gradient-descent steps on the diabetes data (one step per epoch), >= 1.
+      sgd_epochs: SGD epochs on the diabetes data (442 one-example steps each), >= 1.
+      sgd_lr: SGD's initial learning rate, > 0.
+      sgd_constant_epochs: SGD epochs at the initial rate before the decay starts, >= 0.
+      sgd_decay: SGD's learning-rate factor per epoch after the constant phase, in (0, 1].
+      minibatch_epochs: mini-batch epochs on the diabetes data, >= 1.
+      batch_size: examples per mini-batch, 1 to 442 and at most synthetic_n (34 divides the 442
+        diabetes examples: no smaller last batch).
+      minibatch_lr: mini-batch descent's initial learning rate, > 0.
+      minibatch_constant_epochs: mini-batch epochs at the initial rate before the decay, >= 0.
+      minibatch_decay: mini-batch learning-rate factor per epoch after the constant phase, in (0, 1].
+      synthetic_n: examples in the synthetic data set with known coefficients, >= 2.
+      synthetic_d: features of the synthetic data set, >= 1.
+      synthetic_noise: standard deviation of the synthetic targets' Gaussian noise, > 0.
+      synthetic_epochs: mini-batch epochs on the synthetic data, >= 1.
+    """
+
     seed: int = 0
     article_lr: float = 0.01
     article_iterations: int = 1000
     batch_epochs: int = 4000
     sgd_epochs: int = 1000
     sgd_lr: float = 0.005
-    sgd_constant_epochs: int = 200   # constant rate, then ×sgd_decay per epoch
+    sgd_constant_epochs: int = 200
     sgd_decay: float = 0.993
     minibatch_epochs: int = 2500
-    batch_size: int = 34             # divides the 442 examples: no smaller last batch
+    batch_size: int = 34
     minibatch_lr: float = 0.15
     minibatch_constant_epochs: int = 300
     minibatch_decay: float = 0.997
@@ -62,15 +90,20 @@ class Config:
 
     def __post_init__(self):
         check_fields_at_least(self, ("article_iterations", "batch_epochs", "sgd_epochs", "minibatch_epochs",
-                                     "batch_size", "synthetic_n", "synthetic_d", "synthetic_epochs"))
-        for name in ("article_lr", "sgd_lr", "minibatch_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                                     "batch_size", "synthetic_d", "synthetic_epochs"))
+        check_fields_at_least(self, ("sgd_constant_epochs", "minibatch_constant_epochs"), minimum=0)
+        check_fields_at_least(self, ("synthetic_n",), minimum=2)
+        for name in ("article_lr", "sgd_lr", "minibatch_lr", "synthetic_noise"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
         for name in ("sgd_decay", "minibatch_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.synthetic_noise < 0:
-            raise ValueError(f"synthetic_noise must be >= 0, got {self.synthetic_noise}")
+        if self.batch_size > min(DIABETES_EXAMPLES, self.synthetic_n):
+            raise ValueError(f"batch_size must be at most {min(DIABETES_EXAMPLES, self.synthetic_n)} (the diabetes "
+                             f"set has {DIABETES_EXAMPLES} examples, synthetic_n is {self.synthetic_n}), "
+                             f"got {self.batch_size}")
 
 
 # --quick shortens only SGD (the costly one: an update per example); its distance to lstsq is
@@ -126,6 +159,7 @@ def _part_a(config: Config) -> dict:
         "w_within_0.02_of_2": abs(float(params["w"]) - 2) <= 0.02,
         "b_within_0.03_of_0": abs(float(params["b"])) <= 0.03,
         "article_final_loss": float(hist["loss"][-1]),
+        "article_lr": config.article_lr, "article_iterations": config.article_iterations,
     }
 
 
@@ -187,19 +221,47 @@ def _part_b(config: Config, writer: RunWriter) -> dict:
                         for e, (loss, f, g) in enumerate(
                             zip(hist["loss"], hist["full_loss"], hist["grad_norm"], strict=True)))
 
-    # excess loss over the least-squares minimum, on all the data after each epoch
-    fig, axes = figure(1, 3, figsize=(14, 4), sharey=True)
+    # Batch GD on a quadratic, exactly: with H = Q diag(λ) Qᵀ and lr = 1/λ_max, the error's component along
+    # eigenvector i shrinks by (1 − λ_i/λ_max) per step, so after k steps the excess loss is
+    # ½ Σ_i λ_i c_i² (1 − λ_i/λ_max)^(2k), with c = Qᵀ(θ₀ − θ*) (float64).
+    lam, vecs = np.linalg.eigh(np.asarray(hess, np.float64))
+    c = vecs.T @ (np.asarray(flat0, np.float64) - np.asarray(jax.flatten_util.ravel_pytree(ref)[0], np.float64))
+    steps = np.arange(1, config.batch_epochs + 1)
+    theory = 0.5 * np.sum(lam[:, None] * c[:, None] ** 2 * (1 - lam[:, None] / lam[-1]) ** (2 * steps[None, :]),
+                          axis=0)
     floor = 1e-7 * ref_loss  # float32 resolution of a loss of this size
-    for ax, (name, hist) in zip(axes, hists.items(), strict=True):
-        excess = np.maximum(np.asarray(hist["full_loss"], np.float64) - ref_loss, floor)
-        ax.semilogy(np.arange(1, len(excess) + 1), excess, label=name)
-        ax.set_title(f"{name}: ‖θ−θ*‖/‖θ*‖ = {rel[name]:.1e}")
-        ax.set_xlabel("epoch")
-        ax.legend()
-    axes[0].set_ylabel("MSE − MSE(lstsq)  (log scale)")
+    fig, ax = figure(figsize=(7, 4))
+    measured = np.asarray(hists["batch"]["full_loss"], np.float64) - ref_loss
+    ax.semilogy(steps, np.maximum(measured, floor), lw=2, label="batch gradient descent (float32)")
+    ax.semilogy(steps, np.maximum(theory, floor), "k--", lw=1,
+                label="theory: ½ Σ λᵢ cᵢ² (1 − λᵢ/λ_max)^(2k), float64")
+    ax.axhline(ref_loss * float(np.finfo(np.float32).eps), color="grey", lw=0.6, ls=":")
+    ax.annotate("float32 resolution of the loss", (steps[-1], ref_loss * float(np.finfo(np.float32).eps)),
+                fontsize=7, color="grey", ha="right", va="bottom")
+    ax.set(xlabel="step k (one per epoch)", ylabel="MSE − MSE(lstsq)  (log scale)",
+           title=f"Diabetes: batch GD at lr = 1/λ_max, Hessian condition number {lam[-1] / lam[0]:.0f}")
+    ax.legend(fontsize=8)
+    writer.savefig(fig, "batch_gd")
+
+    # all three methods against the least-squares optimum, on all the data after each epoch
+    fig, (ax1, ax2) = figure(1, 2, figsize=(13, 4.2))
+    for i, (name, hist) in enumerate(hists.items()):
+        full = np.asarray(hist["full_loss"], np.float64)
+        ep = np.arange(1, len(full) + 1)
+        label = f"{METHOD_NAMES[name]}: ‖θ−θ*‖/‖θ*‖ = {rel[name]:.1e}"
+        ax1.semilogx(ep, full, color=f"C{i}", lw=1.2, label=label)
+        ax2.loglog(ep, np.maximum(full - ref_loss, floor), color=f"C{i}", lw=1, alpha=0.85, label=label)
+    ax1.axhline(ref_loss, color="k", ls="--", lw=1, label=f"least squares (lstsq): {ref_loss:.1f}")
+    ax1.set(xlabel="epoch (log scale)", ylabel="MSE on all 442 examples", title="Loss against the optimum",
+            ylim=(0.97 * ref_loss, 1.6 * ref_loss))
+    ax2.set(xlabel="epoch (log scale)", ylabel="MSE − MSE(lstsq)  (log scale)", title="Excess loss")
+    ax1.legend(fontsize=8)
     writer.savefig(fig, "diabetes_loss")
 
     return {
+        "diabetes_examples": n, "diabetes_features": d,
+        "epochs": {name: kw["epochs"] for name, kw in runs.items()},
+        "examples_per_step": {"batch": n, "sgd": 1, "minibatch": config.batch_size},
         "lr_batch": lr_batch, "hessian_condition_number": float(eig[-1] / eig[0]),
         "lstsq_w": ref["w"], "lstsq_b": float(ref["b"]), "lstsq_mse": ref_loss,
         "rel_diff_to_lstsq": rel, "max_rel_diff_to_lstsq": max(rel.values()),
@@ -227,6 +289,8 @@ def _part_synthetic(config: Config, writer: RunWriter) -> dict:
     z = np.abs(err) / np.maximum(se, 1e-12)
     pred = linear_apply(params, data["x"])
     return {
+        "synthetic_n": config.synthetic_n, "synthetic_d": config.synthetic_d,
+        "synthetic_noise": config.synthetic_noise,
         "synthetic_w_true": truth["w"], "synthetic_b_true": float(truth["b"]),
         "synthetic_w": params["w"], "synthetic_b": float(params["b"]),
         "synthetic_max_abs_err": float(np.max(np.abs(err))),
@@ -236,9 +300,26 @@ def _part_synthetic(config: Config, writer: RunWriter) -> dict:
     }
 
 
+def _plot_article_example_1(writer: RunWriter, part_a: dict) -> None:
+    x = np.array([1.0, 2.0, 3.0])
+    grid = np.linspace(0.0, 4.0, 50)
+    fig, ax = figure(figsize=(6.5, 4.2))
+    ax.plot(x, 2 * x, "ko", ms=7, label="data: y = 2x")
+    ax.plot(grid, part_a["seed_as_written_w"] * grid + part_a["seed_as_written_b"], "C3-", lw=1.6,
+            label=f"as printed (numpy broadcasts (3, 1) − (3,) to (3, 3)): "
+                  f"w = {part_a['seed_as_written_w']:.1g}, b = {part_a['seed_as_written_b']:.2f}")
+    ax.plot(grid, part_a["w"] * grid + part_a["b"], "C0--", lw=1.6,
+            label=f"jaxcalc, shapes checked: w = {part_a['w']:.3f}, b = {part_a['b']:.3f}")
+    ax.set(xlabel="x", ylabel="y", title=f"Article example 1: lr {part_a['article_lr']:g}, "
+                                         f"{part_a['article_iterations']} iterations", ylim=(-0.5, 8.5))
+    ax.legend(fontsize=8, loc="upper left")
+    writer.savefig(fig, "article_example_1")
+
+
 def run(config: Config, out_dir) -> dict:
     writer = RunWriter(out_dir, config)
     summary = _part_a(config)
+    _plot_article_example_1(writer, summary)
     summary.update(_part_b(config, writer))
     summary.update(_part_synthetic(config, writer))
     summary = writer.finish(summary)

@@ -22,6 +22,7 @@ Finally :func:`jaxcalc.train.lr_find` (a learning-rate range test) on the logist
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -33,6 +34,7 @@ from jaxcalc._validate import check_fields_at_least
 from jaxcalc.runio import RunWriter, figure
 
 NAME = "optimizers"
+BREAST_CANCER_EXAMPLES = 569  # scikit-learn's breast-cancer set, the logistic regression's data
 
 OPTIMIZERS = {
     "gd": optim.gd,
@@ -45,22 +47,43 @@ OPTIMIZERS = {
 
 @dataclass(frozen=True)
 class Config:
+    """Settings of the optimizer comparison; each field is a ``jaxcalc run optimizers`` option.
+
+    Attributes:
+      seed: PRNG seed for the quadratic's rotation and optimum and lr_find's batches.
+      dim: dimension of the ill-conditioned quadratic, 2 to 1000.
+      condition: condition number λ_max/λ_min of the quadratic's Hessian, 1 to 1e8.
+      tol: relative gap (f − f*)/(f(x₀) − f*) an optimizer must reach and keep, in (0, 1).
+      quadratic_steps: steps on the quadratic per learning rate, >= 1.
+      rosenbrock_steps: steps on Rosenbrock's function per learning rate, >= 1.
+      logistic_steps: full-batch steps on the logistic regression per learning rate, >= 1.
+      l2: L2 strength ½·l2·|w|² of the logistic regression, >= 0.
+      grid_points: learning rates tried per optimizer, log-spaced from grid_min to grid_max, 2 to 256.
+      grid_min: smallest learning rate of the grid, > 0.
+      grid_max: largest learning rate of the grid, above grid_min.
+      stability_steps: GD steps after which a learning rate counts as stable on the quadratic, >= 1.
+      stability_rounds: zoom-in rounds of the largest-stable-rate search, 1 to 20.
+      lr_find_steps: steps of the learning-rate range test, 3 to 100000.
+      lr_find_batch_size: examples per step of the range test, 1 to 569 (the breast-cancer examples).
+      optimizers: comma-separated subset of gd, momentum, nesterov, rmsprop, adam.
+    """
+
     seed: int = 0
-    dim: int = 10                    # quadratic dimension
-    condition: float = 1000.0        # quadratic condition number
-    tol: float = 1e-6                # relative gap (f − f*) / (f(x₀) − f*)
+    dim: int = 10
+    condition: float = 1000.0
+    tol: float = 1e-6
     quadratic_steps: int = 10000
     rosenbrock_steps: int = 20000
     logistic_steps: int = 5000
-    l2: float = 0.01                 # logistic regression L2 strength
-    grid_points: int = 16            # learning-rate grid (log-spaced) per optimizer
+    l2: float = 0.01
+    grid_points: int = 16
     grid_min: float = 1e-5
     grid_max: float = 1.0
     stability_steps: int = 2000
     stability_rounds: int = 4
     lr_find_steps: int = 200
     lr_find_batch_size: int = 64
-    optimizers: str = "gd,momentum,nesterov,rmsprop,adam"   # comma-separated subset
+    optimizers: str = "gd,momentum,nesterov,rmsprop,adam"
 
     def __post_init__(self):
         names = [n.strip() for n in self.optimizers.split(",") if n.strip()]
@@ -70,18 +93,26 @@ class Config:
                              f"got {self.optimizers!r}")
         check_fields_at_least(self, ("dim", "quadratic_steps", "rosenbrock_steps", "logistic_steps",
                                      "stability_steps", "stability_rounds", "lr_find_batch_size"))
-        if self.dim < 2:
-            raise ValueError(f"dim must be >= 2, got {self.dim}")
-        if self.condition < 1:
-            raise ValueError(f"condition must be >= 1, got {self.condition}")
+        if not 2 <= self.dim <= 1000:
+            raise ValueError(f"dim must be in [2, 1000], got {self.dim}")
+        if not 1 <= self.condition <= 1e8:
+            raise ValueError(f"condition must be in [1, 1e8], got {self.condition}")
         if not 0 < self.tol < 1:
             raise ValueError(f"tol must be in (0, 1), got {self.tol}")
-        if self.grid_points < 2 or not 0 < self.grid_min < self.grid_max:
-            raise ValueError("need grid_points >= 2 and 0 < grid_min < grid_max")
-        if self.lr_find_steps < 3:
-            raise ValueError(f"lr_find_steps must be >= 3, got {self.lr_find_steps}")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if not 2 <= self.grid_points <= 256:
+            raise ValueError(f"grid_points must be in [2, 256], got {self.grid_points}")
+        if not (0 < self.grid_min < self.grid_max and math.isfinite(self.grid_max)):
+            raise ValueError(f"need 0 < grid_min < grid_max (finite), got grid_min={self.grid_min}, "
+                             f"grid_max={self.grid_max}")
+        if self.lr_find_batch_size > BREAST_CANCER_EXAMPLES:
+            raise ValueError(f"lr_find_batch_size must be at most {BREAST_CANCER_EXAMPLES} (the breast-cancer "
+                             f"examples), got {self.lr_find_batch_size}")
+        if self.stability_rounds > 20:
+            raise ValueError(f"stability_rounds must be in [1, 20], got {self.stability_rounds}")
+        if not 3 <= self.lr_find_steps <= 100_000:
+            raise ValueError(f"lr_find_steps must be in [3, 100000], got {self.lr_find_steps}")
+        if not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2}")
 
 
 QUICK = {"quadratic_steps": 3000, "rosenbrock_steps": 5000, "logistic_steps": 1000,
@@ -294,7 +325,7 @@ def run(config: Config, out_dir) -> dict:
     # learning-rate range test on the logistic regression
     lf = train.lr_find(logistic_loss, l_p0, l_data, optimizer_fn=optim.gd, min_lr=1e-4, max_lr=100.0,
                        steps=config.lr_find_steps, key=jax.random.fold_in(key, 7),
-                       batch_size=min(config.lr_find_batch_size, l_data["x"].shape[0]))
+                       batch_size=config.lr_find_batch_size)
     fig, ax = figure(figsize=(6.5, 4))
     ax.semilogx(lf["lrs"], lf["losses"], alpha=0.35, label="loss")
     ax.semilogx(lf["lrs"], lf["smoothed"], label="smoothed")
@@ -309,6 +340,8 @@ def run(config: Config, out_dir) -> dict:
           f"min/10 {lf['lr_min_over_10']:.3g}")
 
     summary = {
+        "tol": config.tol, "condition": config.condition, "dim": config.dim,
+        "steps_budget": {p: problems[p][4] for p in problems},
         "steps_to_tol": {p: {o: r["steps"] for o, r in res.items()} for p, res in results.items()},
         "best_lr": {p: {o: r["lr"] for o, r in res.items()} for p, res in results.items()},
         "final_gap": {p: {o: float(r["loss"][-1] - problems[p][3]) for o, r in res.items()}

@@ -55,6 +55,35 @@ RELEVANT = 4.0  # a held-out rating >= 4 counts as relevant for precision/recall
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """Settings of the recommender; each field is a ``jaxcalc run recommender`` option.
+
+    Attributes:
+      ratings: a MovieLens ratings file (u.data, ratings.dat or ratings.csv), split at random into
+        training and test ratings; default: synthetic ratings.
+      train: a training ratings file (e.g. ml-100k's u1.base); goes with --test.
+      test: a test ratings file (e.g. ml-100k's u1.test); goes with --train.
+      method: how the factors are fitted: als (alternating least squares), minibatch or fullbatch
+        (Adam on the regularised squared error), or sgd (per-rating SGD, as Surprise's SVD).
+      factors: latent factors per user and item, >= 0 (0: the biases-only model).
+      epochs: passes over the training ratings (ALS: sweeps), >= 1; default per method.
+      lr: learning rate of the gradient methods, > 0; default per method (unused by ALS).
+      reg: L2 weight per rating, >= 0; default: chosen on a validation split of the training data.
+      reg_bias: L2 weight on the user and item biases, >= 0; default: --reg.
+      batch_size: ratings per mini-batch (method minibatch), >= 1.
+      preset: surprise: Surprise's SVD settings (per-rating SGD, 100 factors, 20 epochs, lr 0.005,
+        reg 0.02, init N(0, 0.1)).
+      folds: k-fold cross-validation over --ratings or the synthetic data, >= 1 (1: one split).
+      test_fraction: share of ratings held out for testing, in (0, 1).
+      split: random, or per_user (hold out a fraction of each user's ratings).
+      users: synthetic data: number of users, >= 1.
+      items: synthetic data: number of items, >= 1.
+      rank: synthetic data: rank of the true rating matrix, >= 1.
+      noise: synthetic data: standard deviation of the rating noise in stars, >= 0.
+      density: synthetic data: share of (user, item) pairs rated, in (0, 1].
+      devices: devices for data-parallel training (minibatch and fullbatch; ALS and SGD use one), >= 1.
+      seed: PRNG seed for the data split, the synthetic data and the initial factors.
+    """
+
     ratings: str | None = dataclasses.field(default=None, metadata={"help": "ratings file, split 80/20"})
     train: str | None = dataclasses.field(default=None, metadata={"help": "training ratings file"})
     test: str | None = dataclasses.field(default=None, metadata={"help": "test ratings file"})
