@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import sys
 import time
 import typing
@@ -66,18 +68,85 @@ def _parse_tuple(elem_type):
     return parse
 
 
+_SECTION = re.compile(r"^(Args|Arguments|Attributes|Returns|Raises|Yields|Examples?|Notes?|References?|See Also|"
+                      r"Methods|Warnings?|Todo):\s*$")
+_ENTRY = re.compile(r"^(?P<name>\w+)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
+
+
+def attribute_docs(cls) -> dict[str, str]:
+    """The Google-style ``Attributes:`` section of ``cls``'s docstring as ``{name: text}``.
+
+    Each entry is ``name: text`` (or ``name (type): text``) indented under ``Attributes:``;
+    more-indented lines continue the entry and are joined with single spaces.
+
+    >>> class C:
+    ...     '''Settings.
+    ...
+    ...     Attributes:
+    ...       lr: learning rate,
+    ...         > 0.
+    ...     '''
+    >>> attribute_docs(C)
+    {'lr': 'learning rate, > 0.'}
+    """
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    docs: dict[str, str] = {}
+    inside, entry_indent, current = False, None, None
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if not inside:
+            inside = stripped == "Attributes:" and indent == 0
+            continue
+        if not stripped:
+            continue
+        if indent == 0 or _SECTION.match(stripped):  # the next section (or text) ends the block
+            break
+        if entry_indent is None:
+            entry_indent = indent
+        match = _ENTRY.match(stripped) if indent == entry_indent else None
+        if match:
+            current = match["name"]
+            docs[current] = match["text"].strip()
+        elif current is not None:
+            docs[current] = f"{docs[current]} {stripped}".strip()
+    return docs
+
+
+def _format_default(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "empty"
+    return str(value)
+
+
+def option_help(config_cls) -> dict[str, str]:
+    """Help text per ``Config`` field: the docstring's ``Attributes:`` entry (else the field's
+    ``metadata["help"]``), followed by its default."""
+    docs = attribute_docs(config_cls)
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        text = docs.get(f.name) or (f.metadata.get("help", "") if f.metadata else "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = f"{text.rstrip('.')} (default: {_format_default(default)})".strip()
+        out[f.name] = text.replace("%", "%%")  # argparse %-formats help strings
+    return out
+
+
 def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> list[str]:
     """Add one option per dataclass field; return the field names exposed."""
     hints = typing.get_type_hints(config_cls)
+    helps = option_help(config_cls)
     exposed = []
     for f in dataclasses.fields(config_cls):
         if f.name in ("seed", "quick") or f.name.startswith("_"):  # the CLI's own --seed / --quick
             continue
         tp, _optional = _unwrap_optional(hints[f.name])
         opt = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") if f.metadata else ""
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"{help_} (default: {default})".strip()
+        help_ = helps[f.name]
         if tp is bool:
             parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif tp in (int, float, str):
@@ -131,6 +200,17 @@ def cmd_info(argv) -> int:
     return 0
 
 
+def build_run_parser(name: str, module) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser of ``jaxcalc run NAME``: the CLI's own options, then one per ``Config`` field."""
+    parser = _Parser(prog=f"jaxcalc run {name}", description=(module.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/NAME-<timestamp>/)")
+    parser.add_argument("--seed", type=int, default=None, help="PRNG seed (default: 0)")
+    parser.add_argument("--quick", action="store_true", help="small, fast settings (smoke run)")
+    parser.add_argument("--no-cache", action="store_true", help="disable the persistent compilation cache")
+    exposed = _add_config_options(parser, module.Config)
+    return parser, exposed
+
+
 def cmd_run(argv) -> int:
     from experiments import get, registry
 
@@ -144,17 +224,13 @@ def cmd_run(argv) -> int:
     if name not in names:
         return _fail(prog, f"unknown experiment {name!r}; valid names: {', '.join(names)}")
     module = get(name)
-    parser = _Parser(prog=f"{prog} {name}", description=(module.__doc__ or "").strip().splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/NAME-<timestamp>/)")
-    parser.add_argument("--seed", type=int, default=None, help="PRNG seed")
-    parser.add_argument("--quick", action="store_true", help="small, fast settings (smoke run)")
-    parser.add_argument("--no-cache", action="store_true", help="disable the persistent compilation cache")
-    exposed = _add_config_options(parser, module.Config)
+    parser, exposed = build_run_parser(name, module)
     args = parser.parse_args(rest)
 
     overrides = dict(getattr(module, "QUICK", {})) if args.quick else {}
     if args.seed is not None:
         overrides["seed"] = args.seed
+    defaults = dict(overrides)
     for field in exposed:
         value = getattr(args, field)
         if value is not None:
@@ -173,6 +249,16 @@ def cmd_run(argv) -> int:
         import tempfile
 
         out = Path(tempfile.mkdtemp(prefix=f"jaxcalc-p{jax.process_index()}-"))
+    from experiments import all as run_all
+
+    # Default settings (only --quick/--seed/--out given): announce the expected time, and remember this one.
+    timed = name != "all" and config == module.Config(**defaults)
+    warm = run_all.cache_is_warm()
+    if timed:
+        seconds, measured = run_all.estimate_seconds(name, args.quick, warm)
+        print(f"{prog} {name}{' --quick' if args.quick else ''}: about {run_all.format_seconds(seconds)} "
+              f"({'as earlier runs here' if measured else 'built-in estimate'}); writing {out}/",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         summary = module.run(config, out)
@@ -181,18 +267,85 @@ def cmd_run(argv) -> int:
             raise
         return _fail(f"{prog} {name}", " ".join(str(e).split()))
     elapsed = time.perf_counter() - start
-    _print_summary(summary)
+    if timed:
+        run_all.record_seconds(name, args.quick, warm, elapsed)
+    _print_summary(summary, name)
     print(f"wrote {out}/ in {elapsed:.1f} s")
     return 0
 
 
-def _print_summary(summary: dict) -> None:
-    for k, v in summary.items():
-        if k == "plots" or isinstance(v, (dict, list)):
-            continue
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        print(f"  {k:34s} {v}")
+SUMMARY_MAX_LINES = 24
+SUMMARY_WIDTH = 110
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _one_line(value) -> str:
+    """A scalar as one short line: floats to 4 significant digits, a multi-line string's first line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        lines = [line.strip() for line in value.splitlines() if line.strip()]
+        return (lines[0] + (" …" if len(lines) > 1 else "")) if lines else '""'
+    return str(value)
+
+
+def summary_lines(summary: dict, *, width: int = SUMMARY_WIDTH, max_lines: int = SUMMARY_MAX_LINES) -> list[str]:
+    """The console summary of a run: one line per figure, with a human label.
+
+    Dicts of scalars fit on one line (``batch 6.2e-05, sgd 0.00028``), lists of up to 6 scalars too; longer
+    lists of numbers are summarised (``10 values from 0.21 to 2.6``); nested dicts, lists of dicts and
+    Markdown tables (printed during the run) are left to ``summary.json``. Lines are cut at ``width``.
+    """
+    from jaxcalc.report import label
+
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            if not value or not all(_is_scalar(v) for v in value.values()):
+                continue
+            text = ", ".join(f"{k} {_one_line(v)}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            if not all(_is_scalar(v) for v in value):
+                continue
+            numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(value) <= 6:
+                text = ", ".join(_one_line(v) for v in value) or "none"
+            elif len(numbers) == len(value):
+                text = f"{len(value)} values from {_one_line(float(min(numbers)))} to {_one_line(float(max(numbers)))}"
+            else:
+                text = ", ".join(_one_line(v) for v in value[:6]) + f", … ({len(value)} in all)"
+        elif isinstance(value, str) and value.lstrip().startswith("|"):
+            continue  # a Markdown table: printed while the experiment ran, kept in summary.json
+        else:
+            text = _one_line(value)
+        line = f"  {label(key):34s} {text}"
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"  … and {len(lines) - max_lines} more figures in summary.json"]
+    return lines
+
+
+def _print_summary(summary: dict, name: str | None = None) -> None:
+    if name is not None and name != "all":
+        from experiments import all as run_all
+
+        for section in run_all.SECTIONS:
+            if section.experiment == name and section.headline is not None:
+                try:
+                    text = section.headline(summary)
+                except Exception:  # a console line must never fail a finished run
+                    text = ""
+                if text:
+                    print(f"{section.title}: {text}")
+    for line in summary_lines(summary):
+        print(line)
 
 
 def _delegate(module_name: str, func: str):
