@@ -111,8 +111,8 @@ def test_help_lists_the_option_help(capsys):
         cli.main(["run", "linear", "--help"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--sgd-decay FLOAT SGD's learning-rate factor per epoch after the constant phase, in (0, 1] (default: 0.993)" \
-        in out
+    assert ("--sgd-decay FLOAT SGD's learning-rate factor per epoch after the constant phase, in (0, 1] "
+            "(default: 0.993)") in out
 
 
 # --- out-of-range values are refused, one line, exit 2 -------------------------------------------

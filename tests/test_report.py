@@ -147,7 +147,8 @@ def test_prose_follows_the_summary_not_hard_coded_settings(snapshot, tmp_path):
     assert "`some_new_method`" in texts["some_new_method"]["Recommendation"]
     for sections in texts.values():
         assert "gradient descent on synthetic" not in sections["Recommendation"]
-        assert "Trained on CIFAR-10" in sections["Image recognition"] and "for 3 epochs" in sections["Image recognition"]
+        cnn = sections["Image recognition"]
+        assert "Trained on CIFAR-10" in cnn and "for 3 epochs" in cnn
         assert "32 × 32 × 3" in sections["Image recognition"]
         assert "On the same digits" not in sections["Image recognition"]  # the MLP peer only on digits
 
