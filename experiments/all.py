@@ -6,10 +6,17 @@ section sits in its :class:`Section` entry of ``SECTIONS``: the title, the exper
 numbers show, beside the theory or a peer), its figures with captions, and an optional table
 builder. Prose and tables are built from the summary, so they follow what the run did (which
 data set, which fitting method, how many epochs); a figure the summary lacks drops out of the
-text instead of breaking the report. Adding a section is adding one entry.
+text instead of breaking the report.
 
-While the experiments run, their own console output goes to ``<out>/<name>/console.txt`` and
-the console shows one line per finished experiment. The time announced up front comes from
+Adding a section (say, for an experiment ``diagnose``): write ``_diagnose_prose(summary, results)``
+returning ``[idea, findings]`` (and, if useful, ``_diagnose_table`` and ``_diagnose_headline``), append
+``Section("Diagnose", "diagnose", _diagnose_prose, figures=(("file.png", "caption"),), ...)`` to
+``SECTIONS`` where it belongs in the article, give the experiment a row in ``EXPECTED_SECONDS``, and
+refresh the test snapshot (``jaxcalc run all --quick --out R && python tests/test_report.py R``).
+
+While the experiments run, their own console output (stdout and stderr: tables, epoch lines,
+warnings) goes to ``<out>/<name>/console.txt`` and the console shows a progress bar and one line
+per finished experiment. The time announced up front comes from
 the durations of earlier runs on this machine (stored beside the compilation cache), else from
 ``EXPECTED_SECONDS``.
 """
@@ -60,20 +67,23 @@ QUICK = {"quick": True}
 # ------------------------------------------------------------------ time estimates
 
 # Wall seconds of each experiment's run() as `jaxcalc run all` runs it: (quick cold, quick warm, full cold,
-# full warm). Cold: an empty compilation cache; warm: the same command again. Measured 2025-07 on this
-# project's 2-core AMD EPYC VM, UNDER LOAD from other sessions (load average 2-5), with
-# `JAXCALC_CACHE_DIR=<fresh dir> jaxcalc run all [--quick]` twice each; see the figures in the commit message.
-# The lead re-measures on a quiet machine. Runs replace these with what they measure (see `estimate_seconds`).
+# full warm). Cold: an empty compilation cache; warm: the same command again. Measured 2025-12-01 on this
+# project's 2-core AMD EPYC VM with `JAXCALC_CACHE_DIR=<new dir> jaxcalc run all [--quick]`, twice per cache,
+# ALL UNDER LOAD from other sessions. Whole-run totals: quick cold 104 s (load 0.3-4.7), 249 s (load 5-7),
+# 267 s (load 6-9); quick warm 52 s (load 5-7), 95 s (load 8-9); full cold 186 s (load 5), 342 s (load
+# 8-10); full warm 52 s (load 5), 108 s (load 9-10). Quick cold below is the geometric mean of the 104 s and
+# 249 s runs, per experiment (within 2x of all three); the others are the load-5 runs. The lead re-measures
+# on a quiet machine. A run replaces these with what it measures here (see `estimate_seconds`).
 EXPECTED_SECONDS = {
-    "gradients": (18, 10, 20, 11),
-    "finite-differences": (6, 3, 7, 3),
-    "integrals": (8, 3, 9, 3),
-    "linear": (10, 8, 14, 9),
-    "mlp": (14, 8, 20, 11),
-    "stability": (3, 2, 3, 2),
-    "optimizers": (15, 8, 20, 9),
-    "cnn": (15, 8, 25, 15),
-    "recommender": (16, 10, 25, 15),
+    "gradients": (25, 7, 58, 5),
+    "finite-differences": (7, 2, 4, 1),
+    "integrals": (12, 4, 20, 4),
+    "linear": (17, 10, 10, 5),
+    "mlp": (27, 10, 20, 10),
+    "stability": (5, 2, 3, 2),
+    "optimizers": (29, 7, 26, 8),
+    "cnn": (20, 5, 27, 10),
+    "recommender": (15, 5, 19, 8),
 }
 DEFAULT_SECONDS = (20, 10, 30, 15)  # an experiment without an entry
 REPORT_SECONDS = 3  # building the report after the experiments
@@ -915,7 +925,7 @@ SECTIONS = (
             table=_recommender_table, headline=_recommender_headline),
 )
 
-INTRO = ("This report runs the worked cases of the article *Mastering Machine Learning with Python*, on the calculus "
+INTRO = ("This report runs the worked cases of the article “Mastering Machine Learning with Python”, on the calculus "
          "behind machine learning (loss functions, derivatives and integrals, gradient descent in its batch, "
          "stochastic and mini-batch forms, backpropagation, numerical stability and convergence, and their use in "
          "image recognition and recommendation), as experiments with jaxcalc. Each section states the idea with "
@@ -974,7 +984,8 @@ def run(config: Config, out_dir) -> dict:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
-            with open(out_dir / name / "console.txt", "w") as log, contextlib.redirect_stdout(log):
+            with (open(out_dir / name / "console.txt", "w") as log, contextlib.redirect_stdout(log),
+                  contextlib.redirect_stderr(log)):  # the bar above holds the real stderr
                 results[name] = _run_one(name, config.quick, config.seed, out_dir / name)
         except Exception as e:  # one failing experiment must not lose the others' results
             failures[name] = f"{type(e).__name__}: {e}"

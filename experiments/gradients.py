@@ -173,7 +173,7 @@ def _plot_checks(writer: RunWriter, checks: list[dict]) -> None:
     ax.set_xlim(1e-17, 1e-2)
     ax.axvline(float(np.finfo(np.float64).eps), color="grey", lw=0.6, ls=":")
     ax.annotate("float64 ε", (float(np.finfo(np.float64).eps), y[-1] - 0.6), fontsize=7, color="grey")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title("Gradient checks: each bar must end left of its tolerance mark")
     writer.savefig(fig, "gradient_checks")
 

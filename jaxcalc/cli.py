@@ -129,9 +129,10 @@ def option_help(config_cls) -> dict[str, str]:
     docs = attribute_docs(config_cls)
     out = {}
     for f in dataclasses.fields(config_cls):
-        text = docs.get(f.name) or (f.metadata.get("help", "") if f.metadata else "")
+        text = (docs.get(f.name) or (f.metadata.get("help", "") if f.metadata else "")).replace("``", "`")
         default = f.default if f.default is not dataclasses.MISSING else None
-        text = f"{text.rstrip('.')} (default: {_format_default(default)})".strip()
+        if "default:" not in text:  # the docstring may say itself what the default means
+            text = f"{text.rstrip('.')} (default: {_format_default(default)})".strip()
         out[f.name] = text.replace("%", "%%")  # argparse %-formats help strings
     return out
 
@@ -320,7 +321,7 @@ def summary_lines(summary: dict, *, width: int = SUMMARY_WIDTH, max_lines: int =
             elif len(numbers) == len(value):
                 text = f"{len(value)} values from {_one_line(float(min(numbers)))} to {_one_line(float(max(numbers)))}"
             else:
-                text = ", ".join(_one_line(v) for v in value[:6]) + f", … ({len(value)} in all)"
+                text = ", ".join(_one_line(v) for v in value)  # cut at the line width below
         elif isinstance(value, str) and value.lstrip().startswith("|"):
             continue  # a Markdown table: printed while the experiment ran, kept in summary.json
         else:

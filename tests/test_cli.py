@@ -189,4 +189,4 @@ def test_a_run_prints_progress_and_a_readable_summary(capsys, tmp_path):
     assert out[-1].startswith(f"wrote {tmp_path / 's'}/ in ")
     figures = [line for line in out if line.startswith("  ")]
     assert figures and all(len(line) <= cli.SUMMARY_WIDTH for line in figures)
-    assert "stable max rel error" in captured.out and "array(" not in captured.out
+    assert "softmax large: stable form, worst relative error" in captured.out and "array(" not in captured.out

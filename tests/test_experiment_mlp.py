@@ -37,7 +37,9 @@ def test_mlp_experiment_smoke(tmp_path, capsys):
     weights = json.loads((tmp_path / "weights.json").read_text())
     shapes = [(2, 10), (10,), (10, 10), (10,), (10, 1), (1,)]  # Keras get_weights() order
     assert [np.shape(w) for w in weights[f"lr_{config.lr:g}"]] == shapes
-    assert "Final weights:" in capsys.readouterr().out
+    out = capsys.readouterr().out  # one progress line per part; the weights go to weights.json, not the console
+    assert "(final weights in weights.json)" in out and "array(" not in out
+    assert len(out.splitlines()) == 5 and all(len(line) < 160 for line in out.splitlines())
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert sum(json.loads(line)["part"] == "A" for line in lines) == config.epochs + 1
 

@@ -235,6 +235,7 @@ def _fake_run(calls, fail=()):
     def fake(name, quick, seed, out_dir):
         calls.append(name)
         print(f"{name}: noisy experiment output")
+        print(f"{name}: noisy progress", file=sys.stderr)
         if name in fail:
             raise FloatingPointError("simulated failure")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,8 @@ def test_console_shows_an_estimate_and_one_line_per_experiment(tmp_path, monkeyp
     run_all.run(run_all.Config(quick=True, only=("stability", "integrals")), tmp_path / "out")
     captured = capsys.readouterr()
     assert "noisy" not in captured.out + captured.err  # experiments' prints go to NAME/console.txt
-    assert "integrals: noisy experiment output" in (tmp_path / "out" / "integrals" / "console.txt").read_text()
+    console = (tmp_path / "out" / "integrals" / "console.txt").read_text()
+    assert "integrals: noisy experiment output" in console and "integrals: noisy progress" in console
     built_in = sum(run_all.EXPECTED_SECONDS[n][0] for n in ("integrals", "stability")) + run_all.REPORT_SECONDS
     assert f"2 experiments, expected about {run_all.format_seconds(built_in)} (built-in figures" in captured.err
     assert re.search(r"✓ integrals +\d+\.\d s", captured.err) and re.search(r"✓ stability +\d+\.\d s", captured.err)
