@@ -187,10 +187,10 @@ def _g(x, digits: int = 3) -> str | None:
         return None
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e9):
         return _e(x, digits - 1)
+    if float(x).is_integer():
+        return f"{int(x):,}"
     if abs(x) >= 1000:  # 12,342 and 2,859.7, never 1.23e+04
         return f"{x:,.{max(0, digits - len(str(int(abs(x)))))}f}"
-    if float(x).is_integer():
-        return str(int(x))
     return f"{x:.{digits}g}"
 
 
@@ -299,9 +299,8 @@ def _gradcheck_prose(s, results):
         f"All {len(checks)} checks pass." if not failed else
         f"**{len(failed)} of {len(checks)} checks FAIL: {', '.join(failed)}.**",
         _say("The {} losses agree to {} at worst", len(losses), _e(worst["loss"])) + (
-            _say(" and the {} models ({}) to {}.", len(models),
-                 "; ".join(c.get("name", "?") for c in models) if models else None, _e(worst["model"]))
-            if models else "."),
+            _say(" and the {} models, from linear regression to the CNN and the recommender (table below), to {}.",
+                 len(models), _e(worst["model"])) if models else "."),
         _say("Every passing check stays at least {}× below its tolerance (closest: the {}).",
              _g(min(margins)[0], 2) if margins else None, min(margins)[1] if margins else None))
     return [idea, found]
@@ -494,12 +493,14 @@ def _sgd_prose(s, results):
         "`jaxcalc.train.fit(..., method=\"batch\" | \"sgd\" | \"minibatch\")`, each epoch one compiled `lax.scan`.")
     rel = _get(s, "rel_diff_to_lstsq") or {}
     parts = [f"{_METHODS.get(k, k)} {_e(float(v))}" for k, v in rel.items() if isinstance(v, (int, float))]
+    finals = [v for v in (_get(s, "diabetes_final_loss") or {}).values() if isinstance(v, (int, float))]
+    optimum = _f(s, "lstsq_mse")
+    excess = (max(finals) - optimum) / optimum if finals and optimum else None
     found = _para(
         _say("On the diabetes data all three end within {} of the least-squares solution ({}; relative distance "
-             "‖θ − θ*‖/‖θ*‖), at a mean squared error of {} against the optimum's {}.",
+             "‖θ − θ*‖/‖θ*‖), their mean squared errors within {} of the optimum's {}.",
              _e(_f(s, "max_rel_diff_to_lstsq")), "; ".join(parts) or None,
-             _g(max((v for v in (_get(s, "diabetes_final_loss") or {}).values() if isinstance(v, (int, float))),
-                    default=None), 5), _g(_f(s, "lstsq_mse"), 5)),
+             ("float32 rounding" if excess is not None and excess < 1e-6 else _e(excess)), _g(optimum, 5)),
         _say("On a synthetic set with known coefficients ({} examples, {} features, noise σ = {}), mini-batch "
              "descent recovers them to {} ({} standard errors at worst, where about 4 would flag a real "
              "difference).", _g(_f(s, "synthetic_n")), _g(_f(s, "synthetic_d")), _g(_f(s, "synthetic_noise")),
@@ -782,7 +783,7 @@ def _cnn_prose(s, results):
              _DATASETS.get(dataset, f"`{dataset}`") if dataset else None, _g(_f(s, "train_images")),
              _g(_f(s, "test_images")), shape_text, _g(_f(s, "epochs")), _g(_f(s, "param_count"), 6),
              _pct(_f(s, "test_accuracy")), _pct(_f(s, "train_accuracy"))),
-        _say("On the same digits the fully connected network of the previous section reaches {}.",
+        _say("On the same digits the fully connected network of \"A neural network on real data\" reaches {}.",
              _pct(_f(mlp, "digits_test_accuracy")) if dataset == "digits" else None),
         _say("Training runs at {} images per second on {} after {} s of compilation.",
              _g(_f(s, "train_images_per_second"), 3), _get(s, "device"), _g(_f(s, "compile_seconds"), 2)))
@@ -844,8 +845,8 @@ def _recommender_prose(s, results):
              "predictor can do.", _g(_f(s, "noise_floor_rmse"), 3),
              _pct(ratio - 1, 0) if ratio is not None else None),
         _say("Among the 10 unrated items it ranks first for each test user, {} are ones the user rated 4 or more "
-             "(precision@10), and they cover {} of those items (recall@10).", _pct(_f(s, "precision_at_10"), 0),
-             _pct(_f(s, "recall_at_10"), 0)))
+             "(precision@10), and they cover {} of those items (recall@10).", _pct(_f(s, "precision_at_10")),
+             _pct(_f(s, "recall_at_10"))))
     return [idea, found]
 
 
