@@ -42,7 +42,7 @@ def _loss_cases(key, n):
     return [
         ("mse", losses.mse, (p, t), (0,), SMOOTH_RTOL),
         ("mae", losses.mae, (p, t), (0,), KINK_RTOL),
-        ("huber_loss", lambda a, b: losses.huber_loss(a, b, delta=0.5), (p, t), (0,), KINK_RTOL),
+        ("mean_huber", lambda a, b: losses.mean_huber(a, b, delta=0.5), (p, t), (0,), KINK_RTOL),
         ("cross_entropy (integer labels)", losses.cross_entropy, (logits, labels), (0,), SMOOTH_RTOL),
         ("softmax_cross_entropy (probabilities)", lambda z, q: jnp.mean(losses.softmax_cross_entropy(z, q)),
          (logits, probs), (0, 1), SMOOTH_RTOL),
