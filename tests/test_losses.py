@@ -40,43 +40,46 @@ def test_reductions_are_means_and_jit():
 
 # --- analytic gradients ---------------------------------------------------------
 
+# (inputs from numpy and gradients through one jit: eager jax would compile each primitive on its own)
+_NP = np.random.default_rng(0)
+
+
 def test_mse_gradient_closed_form(x64):
-    k1, k2 = jax.random.split(KEY)
-    p, t = _rand((7,), k1).astype(jnp.float64), _rand((7,), k2).astype(jnp.float64)
-    g = jax.grad(L.mse)(p, t)
+    p, t = _NP.standard_normal(7), _NP.standard_normal(7)  # float64
+    g = jax.jit(jax.grad(L.mse))(p, t)
     np.testing.assert_allclose(g, 2 * (p - t) / 7, rtol=1e-12)
 
 
 def test_cross_entropy_gradient_is_softmax_minus_one_hot(x64):
-    k1, k2 = jax.random.split(KEY)
-    logits = _rand((5, 3), k1).astype(jnp.float64)
-    labels = jax.random.randint(k2, (5,), 0, 3)
-    g = jax.grad(L.cross_entropy)(logits, labels)
-    expected = (jax.nn.softmax(logits) - jax.nn.one_hot(labels, 3, dtype=jnp.float64)) / 5
+    logits = _NP.standard_normal((5, 3))
+    labels = np.array([0, 2, 1, 1, 0])
+    g = jax.jit(jax.grad(L.cross_entropy))(logits, labels)
+    softmax = np.exp(logits) / np.sum(np.exp(logits), axis=1, keepdims=True)
+    expected = (softmax - np.eye(3)[labels]) / 5  # numpy
     np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-15)
 
 
 def test_bce_gradient_is_sigmoid_minus_label(x64):
-    z = jnp.array([-2.0, 0.5, 3.0], dtype=jnp.float64)
-    y = jnp.array([0.0, 1.0, 1.0], dtype=jnp.float64)
-    np.testing.assert_allclose(jax.grad(L.binary_cross_entropy)(z, y), (jax.nn.sigmoid(z) - y) / 3, rtol=1e-12)
+    z = np.array([-2.0, 0.5, 3.0])
+    y = np.array([0.0, 1.0, 1.0])
+    np.testing.assert_allclose(jax.jit(jax.grad(L.binary_cross_entropy))(z, y), (1 / (1 + np.exp(-z)) - y) / 3,
+                               rtol=1e-12)
 
 
 # --- numerical stability ----------------------------------------------------------
 
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 def test_extreme_logits_finite(scale):
-    logits = jnp.array([[scale, 0.0, -scale], [0.0, scale, 1.0]], dtype=jnp.float32)
-    labels = jnp.array([2, 0])
-    for fn, args in [
-        (L.cross_entropy, (logits, labels)),
-        (L.binary_cross_entropy, (logits[:, 0], jnp.array([0.0, 1.0]))),
-        (lambda z, p: jnp.mean(L.softmax_cross_entropy(z, p)), (logits, jax.nn.one_hot(labels, 3))),
-    ]:
-        value, grad = jax.value_and_grad(fn)(*args)
-        assert np.isfinite(value) and np.all(np.isfinite(grad)), fn
+    logits = np.array([[scale, 0.0, -scale], [0.0, scale, 1.0]], dtype=np.float32)
+    labels = np.array([2, 0])
+    losses = [lambda z: L.cross_entropy(z, labels),
+              lambda z: L.binary_cross_entropy(z[:, 0], np.array([0.0, 1.0], np.float32)),
+              lambda z: jnp.mean(L.softmax_cross_entropy(z, np.eye(3, dtype=np.float32)[labels]))]
+    results = jax.jit(lambda z: [jax.value_and_grad(f)(z) for f in losses])(logits)
+    for value, grad in results:
+        assert np.isfinite(value) and np.all(np.isfinite(grad))
     # the loss of a confidently wrong prediction is the margin, not inf (closed form)
-    wrong = L.softmax_cross_entropy_with_integer_labels(jnp.array([[1e4, 0.0]]), jnp.array([1]))
+    wrong = L.softmax_cross_entropy_with_integer_labels(np.array([[1e4, 0.0]], np.float32), np.array([1]))
     assert float(wrong[0]) == pytest.approx(1e4)
 
 
@@ -195,18 +198,24 @@ def test_value_check_through_checkify(case, transform):
 
 
 def test_where_excludes_padding_rows_from_the_label_check():
-    logits = jnp.array([[1.0, 2.0, 3.0], [0.5, 0.0, 0.0]])
-    labels = jnp.array([2, -1])  # row 1 is padding
-    mask = jnp.array([True, False])
-    out = L.softmax_cross_entropy_with_integer_labels(logits, labels, where=mask)
-    assert float(out[1]) == 0.0
-    np.testing.assert_allclose(out[0], jax.nn.logsumexp(logits[0]) - 3.0, rtol=1e-6)  # log-sum-exp minus the logit
-    g = jax.grad(lambda z: jnp.sum(L.softmax_cross_entropy_with_integer_labels(z, labels, where=mask)))(logits)
-    assert np.all(np.isfinite(g)) and np.all(g[1] == 0)
+    logits = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, 0.0]], np.float32)
+    labels = np.array([2, -1])  # row 1 is padding
+    mask = np.array([True, False])
+    out = np.asarray(L.softmax_cross_entropy_with_integer_labels(logits, labels, where=mask))  # eager: no error
+    assert out[1] == 0.0
+    np.testing.assert_allclose(out[0], np.log(np.sum(np.exp(logits[0]))) - 3.0, rtol=1e-6)  # log-sum-exp − logit
     with pytest.raises(ValueError, match=r"labels\[1\] = -1"):  # the same row included is refused
         L.softmax_cross_entropy_with_integer_labels(logits, labels)
-    probs = jnp.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # a padding row need not be a distribution
-    assert float(L.softmax_cross_entropy(logits, probs, where=mask)[1]) == 0.0
+    probs = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], np.float32)  # a padding row need not be a distribution
+
+    @jax.jit
+    def traced(z):
+        g = jax.grad(lambda q: jnp.sum(L.softmax_cross_entropy_with_integer_labels(q, labels, where=mask)))(z)
+        return g, L.softmax_cross_entropy(z, probs, where=mask)
+
+    g, out_probs = traced(logits)
+    assert np.all(np.isfinite(g)) and np.all(g[1] == 0)
+    np.testing.assert_allclose(out_probs, [out[0], 0.0], rtol=1e-6)
 
 
 def test_bad_axis_and_where_arguments():
@@ -237,14 +246,16 @@ def test_regression_losses_properties(p, t):
     np.testing.assert_allclose(L.huber_loss(p, t, delta=1e6), 0.5 * L.squared_error(p, t), rtol=1e-5)  # huge delta: ½e²
 
 
+_ce_value_and_grad = jax.jit(jax.value_and_grad(L.cross_entropy))  # one compile for every example
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(_floats, min_size=4, max_size=4), st.integers(0, 3))
 def test_cross_entropy_properties(z, label):
-    logits = jnp.array([z], jnp.float32)
-    labels = jnp.array([label])
-    value = float(L.cross_entropy(logits, labels))
+    logits = np.array([z], np.float32)
+    labels = np.array([label])
+    value, grad = _ce_value_and_grad(logits, labels)
     assert value >= 0 and np.isfinite(value)
-    grad = jax.grad(L.cross_entropy)(logits, labels)
-    assert abs(float(jnp.sum(grad))) < 1e-5     # softmax − one_hot sums to zero
-    shifted = float(L.cross_entropy(logits + 7.0, labels))  # invariant to adding a constant to every logit
-    assert shifted == pytest.approx(value, rel=1e-4, abs=1e-3)
+    assert abs(float(np.sum(grad))) < 1e-5     # softmax − one_hot sums to zero
+    shifted, _ = _ce_value_and_grad(logits + np.float32(7.0), labels)  # invariant to adding a constant to each logit
+    assert float(shifted) == pytest.approx(float(value), rel=1e-4, abs=1e-3)
