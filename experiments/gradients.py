@@ -54,7 +54,7 @@ def _loss_cases(key, n):
     return [  # (name, jaxcalc function, f, args, argnums, rtol)
         ("mean squared error", "losses.mse", losses.mse, (p, t), (0,), SMOOTH_RTOL),
         ("mean absolute error", "losses.mae", losses.mae, (p, t), (0,), KINK_RTOL),
-        ("Huber loss (δ = 0.5)", "losses.huber_loss", lambda a, b: losses.huber_loss(a, b, delta=0.5), (p, t),
+        ("mean Huber loss (δ = 0.5)", "losses.mean_huber", lambda a, b: losses.mean_huber(a, b, delta=0.5), (p, t),
          (0,), KINK_RTOL),
         ("cross-entropy, integer labels", "losses.cross_entropy", losses.cross_entropy, (logits, labels), (0,),
          SMOOTH_RTOL),
@@ -119,7 +119,7 @@ def _plot_losses(writer: RunWriter) -> None:
     regression = {
         "squared error (ŷ − y)²": lambda a: losses.squared_error(a, zero),
         "absolute error |ŷ − y|": lambda a: losses.absolute_error(a, zero),
-        "Huber, δ = 1": lambda a: losses.huber(a, zero, delta=1.0),
+        "Huber, δ = 1": lambda a: losses.huber_loss(a, zero, delta=1.0),
     }
     z = jnp.linspace(-6.0, 6.0, 241)
     ten = jnp.zeros((z.shape[0], 10))

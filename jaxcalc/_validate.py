@@ -1,8 +1,9 @@
 """Input checks shared by every module.
 
 Static properties (shape, rank, dtype) are checked in Python at trace time, so they
-work under ``jax.jit`` too. Value checks (label range, finiteness) only run on concrete
-inputs: inside a trace the values are unknown, so those checks are skipped there.
+work under ``jax.jit`` too. Value checks on arrays a loss computes with (label range,
+probability targets) live in :mod:`jaxcalc.checks`, which also holds under ``jit``; the
+finiteness check here runs on concrete data only (``fit`` checks its data once before compiling).
 """
 from __future__ import annotations
 
@@ -47,21 +48,6 @@ def check_nonempty(x, name: str) -> None:
     """Raise ``ValueError`` on an empty batch (a size-0 array)."""
     if np.size(x) == 0:
         raise ValueError(f"{name} is empty (shape {shape_of(x)}): a loss over no examples is undefined")
-
-
-def check_label_range(labels, num_classes: int, name: str = "labels") -> None:
-    """On concrete inputs, raise ``ValueError`` naming the first label outside ``[0, num_classes)``."""
-    if not is_concrete(labels):
-        return
-    arr = np.asarray(labels)
-    bad = (arr < 0) | (arr >= num_classes)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        index = idx[0] if len(idx) == 1 else idx
-        raise ValueError(
-            f"{name}[{index}] = {arr[idx]} is outside the valid class range [0, {num_classes}) "
-            f"({int(bad.sum())} bad label(s) in all)"
-        )
 
 
 def check_finite_tree(tree, what: str = "data") -> None:

@@ -40,3 +40,33 @@ def test_checkified_program_raises_the_same_message(transform):
         checks.raise_if_failed(err)
     err, _ = jax.jit(checks.checkify_fn(fn))(jnp.abs(x) + 1.0)
     checks.raise_if_failed(err)  # valid input: nothing raised
+
+
+def _positive(d):
+    bad = ~(d > 0)
+    checks.check_entries(bad, d, name="delta", condition="is not positive")
+    return checks.poison(2.0 * d, bad)
+
+
+def test_scalar_and_float32_values_read_the_same_eagerly_and_compiled():
+    with pytest.raises(ValueError, match=r"^delta = -0\.1 is not positive$"):  # float32 -0.1, not -0.100000001
+        _positive(jnp.float32(-0.1))
+    err, out = jax.jit(checks.checkify_fn(_positive))(jnp.float32(-0.1))
+    with pytest.raises(ValueError, match=r"^delta = -0\.1 is not positive$"):
+        checks.raise_if_failed(err)
+    assert jnp.isnan(out)
+
+
+def test_plain_trace_has_no_effect_so_jit_keeps_its_fast_dispatch():
+    # a debug_check, even one compiled to nothing, marks the jaxpr effectful: jax then dispatches every
+    # call through Python (about 0.1 ms more per call); outside checkify_fn nothing is emitted
+    assert not jax.make_jaxpr(_loss)(X_BAD).effects
+    assert not jax.make_jaxpr(jax.grad(_loss))(X_BAD).effects
+
+
+def test_function_jitted_before_is_checked_inside_checkify_fn():
+    jitted = jax.jit(_loss)
+    assert jnp.isnan(jitted(X_BAD))  # traced and cached without checks
+    err, _ = jax.jit(checks.checkify_fn(jitted))(X_BAD)  # traced again, with them
+    with pytest.raises(ValueError, match=MSG):
+        checks.raise_if_failed(err)

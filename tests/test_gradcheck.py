@@ -92,14 +92,15 @@ _bin_labels = jnp.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.3, 0.8])
 LOSS_CASES = {
     "squared_error": (losses.squared_error, (_preds, _targets), 0),
     "absolute_error": (losses.absolute_error, (_preds, _targets), 0),
-    "huber": (losses.huber, (_preds, _targets), 0),
+    "huber_loss": (losses.huber_loss, (_preds, _targets), 0),
+    "l2_loss": (losses.l2_loss, (_preds, _targets), 0),
     "sigmoid_binary_cross_entropy": (losses.sigmoid_binary_cross_entropy, (_bin_logits, _bin_labels), 0),
     "softmax_cross_entropy": (losses.softmax_cross_entropy, (_logits, _probs), (0, 1)),
     "softmax_cross_entropy_with_integer_labels": (losses.softmax_cross_entropy_with_integer_labels,
                                                   (_logits, _labels), 0),
     "mse": (losses.mse, (_preds, _targets), 0),
     "mae": (losses.mae, (_preds, _targets), 0),
-    "huber_loss": (losses.huber_loss, (_preds, _targets), 0),
+    "mean_huber": (losses.mean_huber, (_preds, _targets), 0),
     "cross_entropy": (losses.cross_entropy, (_logits, _labels), 0),
     "binary_cross_entropy": (losses.binary_cross_entropy, (_bin_logits, _bin_labels), 0),
 }
