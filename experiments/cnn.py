@@ -37,7 +37,9 @@ import optax
 
 from jaxcalc import losses, parallel, runio
 from jaxcalc.checkpoint import Checkpointer
-from jaxcalc.data.images import ImageDataset, load_image_dataset, read_image
+from jaxcalc.data.dataset import ImageDataset
+from jaxcalc.data.images import read_image
+from jaxcalc.data.sources import load_image_dataset
 from jaxcalc.models.cnn import CNNSpec, abstract_params, init_cnn, make_loss, param_count
 
 NAME = "cnn"
