@@ -58,7 +58,8 @@ COMMIT_MARKER = "commit_success.txt"  # orbax.checkpoint._src.path.atomicity_typ
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax.checkpoint._src.path.atomicity_types.TMP_DIR_SUFFIX
 # Files orbax writes as JSON: the step's metadata, each item's tree metadata and sharding, the
 # per-process array metadata, and a JsonSave item's content.
-_JSON_FILES = re.compile(r"(^|/)(_CHECKPOINT_METADATA|_METADATA|_sharding|process_\d+)$|^" + _META + "/metadata$")
+_JSON_FILES = re.compile(rf"(^|/)(_CHECKPOINT_METADATA|_METADATA|_sharding|process_\d+)$"
+                         rf"|^({_META}|{_CHECKSUMS})/metadata$")
 
 
 class CheckpointError(ValueError):

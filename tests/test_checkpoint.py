@@ -178,6 +178,16 @@ def test_random_bytes_are_caught_by_the_checksum(tmp_path):
         ck.restore(1, {"params": {"w": w}})
 
 
+def test_checkpoints_of_older_jaxcalc_without_checksums_restore(tmp_path, big):
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        ck.save(1, big, meta={"epoch": 1})
+    shutil.rmtree(tmp_path / "1" / "checksums")  # what jaxcalc wrote before it kept CRC-32s
+    with Checkpointer(tmp_path) as ck:
+        found = ck.restore_newest(big)
+    assert found.step == 1 and found.skipped == [] and found.meta == {"epoch": 1}
+    _assert_bitwise_equal(found.trees, big)
+
+
 def test_none_restores_and_none_there(tmp_path, big, capfd):
     state = big
     _two_checkpoints(tmp_path / "a", state)
