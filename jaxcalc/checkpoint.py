@@ -108,6 +108,31 @@ def _quiet():
         absl.disabled, sys.unraisablehook = disabled, hook
 
 
+def _is_orbax_coroutine(obj) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename.replace("\\", "/").split("/")
+
+
+def _drop_orbax_coroutine_reports() -> None:
+    """From now on, drop (only) the 'Exception ignored in <coroutine ...>' reports of orbax's own
+    coroutines; every other report goes to the hook that was there.
+
+    A failed orbax read can leave coroutines that a background thread frees later, at any
+    moment, each printing its TensorStore error again (kilobytes). Installed once, after the
+    first failed read.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orbax_coroutines", False):
+        return
+
+    def hook(unraisable):
+        if not _is_orbax_coroutine(unraisable.object):
+            previous(unraisable)
+
+    hook._drops_orbax_coroutines = True
+    sys.unraisablehook = hook
+
+
 def _reason(e: BaseException) -> str:
     """A short, one-line account of an orbax/TensorStore failure."""
     text = " ".join(str(e).split())
@@ -305,6 +330,7 @@ class Checkpointer:
             if why is not None:
                 gc.collect()  # free the failed read's frames and coroutines while still quiet
         if why is not None:
+            _drop_orbax_coroutine_reports()
             raise CheckpointError(why)
         if has_sums and targets:
             saved = restored[_CHECKSUMS] or {}
