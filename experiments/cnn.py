@@ -7,9 +7,17 @@ set's mean and std. The model is :class:`jaxcalc.models.cnn.CNN`, split once int
 ``(apply, params)``; training is Adam (cosine-decayed learning rate by default) as one jitted step
 (``value_and_grad`` of the cross-entropy, Adam update, metrics)
 scanned over a device-resident, shuffled epoch in chunks, so a tqdm bar can advance between
-chunks. After every epoch a checkpoint (params, optimizer state, step, PRNG key, config and the
-metrics so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the latest
-complete one and ends with the same parameters, bit for bit, as a run never interrupted.
+chunks. ``--augment`` adds the standard CIFAR-10 augmentation inside that compiled step: each
+image of the batch is zero-padded by 4 pixels, randomly cropped back to size and mirrored
+left-right with probability 1/2 (:func:`jaxcalc.data.augment.random_crop_flip`), keyed by the
+run's PRNG key, so a seed gives the same run bit for bit.
+
+After every epoch a checkpoint (params, optimizer state, step, PRNG key, config and the metrics
+so far) goes to ``out_dir/checkpoints``; ``--resume`` continues from the newest checkpoint that
+restores cleanly and ends with the same parameters, bit for bit, as a run never interrupted. A
+damaged newer checkpoint (truncated or altered array file, empty metadata, no commit marker, an
+unfinished save) is named in one line and set aside as ``<epoch>.damaged``, and its epochs are
+trained again; ``--resume`` with nothing to resume says so and starts from the beginning.
 
 ``--devices N``: data-parallel over the first N devices (``jaxcalc.parallel``): each step's batch
 is split across them, everything else is replicated, and XLA all-reduces the gradients; the
@@ -36,12 +44,16 @@ import numpy as np
 import optax
 
 from jaxcalc import losses, parallel, runio
-from jaxcalc.checkpoint import Checkpointer
-from jaxcalc.data.images import ImageDataset, load_image_dataset, read_image
+from jaxcalc.checkpoint import Checkpointer, describe_skipped
+from jaxcalc.data.augment import random_crop_flip
+from jaxcalc.data.dataset import ImageDataset
+from jaxcalc.data.images import read_image
+from jaxcalc.data.sources import load_image_dataset
 from jaxcalc.models.cnn import CNNSpec, abstract_params, init_cnn, make_loss, param_count
 
 NAME = "cnn"
 PROGRESS_UPDATES = 20  # tqdm updates per epoch: the epoch is scanned in this many chunks
+AUGMENT_PAD = 4  # --augment: zero padding on each side before the random crop, in pixels
 EVAL_BATCH = 500
 _COMPILED: dict = {}  # executables per (model, data, batch) shape, reused by later runs in-process
 
@@ -57,24 +69,21 @@ class Config:
       batch_size: images per step, >= 1 and a multiple of --devices.
       lr: Adam's (peak) learning rate, a finite number > 0.
       lr_schedule: cosine (decay the learning rate to 0 over the run) or constant.
-      resume: continue from the latest complete checkpoint in --out.
+      augment: random crop (4 zero pixels of padding each side) and random horizontal flip of every
+        training image, on device inside the compiled step, keyed by the run's seed (test images never).
+      resume: continue from the newest checkpoint in --out that restores cleanly.
       devices: data-parallel over the first N devices (batch split, parameters replicated), >= 1.
-      seed: PRNG seed for the initial weights, the shuffling and dropout.
+      seed: PRNG seed for the initial weights, the shuffling, dropout and augmentation.
     """
 
-    data_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "CIFAR-10 (python or binary batches) or train/<class>/ + test/<class>/ "
-                                        "image folders; default $JAXCALC_DATA, else sklearn's digits"})
-    epochs: int = dataclasses.field(default=30, metadata={"help": "passes over the training set"})
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "images per step"})
-    lr: float = dataclasses.field(default=2e-3, metadata={"help": "Adam's (peak) learning rate"})
-    lr_schedule: Literal["cosine", "constant"] = dataclasses.field(
-        default="cosine", metadata={"help": "cosine: decay lr to 0 over the run; constant: keep it"})
-    resume: bool = dataclasses.field(
-        default=False, metadata={"help": "continue from the latest complete checkpoint in --out"})
-    devices: int = dataclasses.field(
-        default=1, metadata={"help": "data-parallel over the first N devices (batch split, params replicated); "
-                                     "batch_size must be a multiple of N"})
+    data_dir: str | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    augment: bool = False
+    resume: bool = False
+    devices: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -97,12 +106,16 @@ QUICK = {"epochs": 8}  # compiles dominate: 8 digits epochs cost about a second 
 
 # Fields that must match when resuming. A cosine schedule depends on the epoch count too; with a
 # constant learning rate, --resume --epochs N may extend a finished run.
-_RESUME_FIXED = ("data_dir", "batch_size", "lr", "lr_schedule", "seed")
+_RESUME_FIXED = ("data_dir", "batch_size", "lr", "lr_schedule", "augment", "seed")
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(spec: CNNSpec, max_value: int, chunk: int, mesh=None):
+def _programs(spec: CNNSpec, max_value: int, chunk: int, mesh=None, augment: bool = False):
     """The jitted chunk-of-epoch trainer and evaluator for one model shape (cached across runs).
+
+    With ``augment`` each step crops and flips its batch at random
+    (:func:`jaxcalc.data.augment.random_crop_flip`, key ``fold_in(aug_key, step)``) before
+    scaling it.
 
     With a ``mesh`` (``jaxcalc.parallel.make_mesh(N)``) each step's batch is split across the
     mesh's devices and everything else (params, optimizer state, data, epoch plan, keys) is
@@ -120,7 +133,7 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int, mesh=None):
 
     optimizer = make_optimizer()
 
-    def train_chunk(params, opt_state, x_all, y_all, plan, valid, drop_key, chunk_index, sched, norm):
+    def train_chunk(params, opt_state, x_all, y_all, plan, valid, drop_key, aug_key, chunk_index, sched, norm):
         """Run ``chunk`` steps of the epoch plan starting at step ``chunk_index * chunk``.
 
         Steps past the end of the epoch (``valid`` false) leave the state untouched. ``sched`` is
@@ -138,7 +151,10 @@ def _programs(spec: CNNSpec, max_value: int, chunk: int, mesh=None):
             batch_idx, is_valid, step_no = inp
 
             def do(_):
-                batch = {"x": to_float(x_all[batch_idx], norm), "y": y_all[batch_idx]}
+                x = x_all[batch_idx]  # (batch, h, w, c) uint8
+                if augment:
+                    x = random_crop_flip(jax.random.fold_in(aug_key, step_no), x, pad=AUGMENT_PAD)
+                batch = {"x": to_float(x, norm), "y": y_all[batch_idx]}
                 if mesh is not None:  # split the step's images across the devices
                     batch = parallel.constrain_batch(batch, mesh)
                 key = jax.random.fold_in(drop_key, step_no)
@@ -233,6 +249,42 @@ def _model_meta(data: ImageDataset, spec: CNNSpec) -> dict:
             "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
+def _check_resumable(meta: dict, config: Config, model_meta: dict) -> None:
+    """Raise ``ValueError`` when a checkpoint's config or data differ from this run's."""
+    saved = meta.get("config", {})
+    for f in _RESUME_FIXED + (("epochs",) if config.lr_schedule == "cosine" else ()):
+        was = saved.get(f, Config.__dataclass_fields__[f].default)  # fields added later: their default
+        if was != getattr(config, f):
+            raise ValueError(f"cannot resume: checkpoint has {f}={was!r} but this run has {f}={getattr(config, f)!r}")
+    if meta.get("model") != model_meta:
+        raise ValueError(f"cannot resume: the data in {config.data_dir or 'digits'} differs from the "
+                         f"checkpoint's (image shape, classes or dataset)")
+
+
+def _resume_from(ckpt: Checkpointer, config: Config, model_meta: dict, template: dict):
+    """The newest checkpoint that restores cleanly (``Restored``), or ``None`` when there is none yet.
+
+    Prints one line when it starts from scratch, or when it skips damaged checkpoints (set aside
+    as ``<epoch>.damaged``, so those epochs are trained and saved again). Raises
+    ``CheckpointError`` (a ``ValueError``) when checkpoints exist but none restores.
+    """
+    def targets(meta):
+        _check_resumable(meta, config, model_meta)
+        return template
+
+    try:
+        found = ckpt.restore_newest(targets)
+    except FileNotFoundError as e:
+        print(f"--resume: {e}; nothing to resume, starting from the beginning", file=sys.stderr)
+        return None
+    if found.skipped:
+        moved = [m.name for m in (ckpt.set_aside(s) for s, _ in found.skipped) if m is not None]
+        aside = f"; set aside as {', '.join(moved)}" if moved else ""
+        print(f"{describe_skipped(found.skipped, ckpt.directory)}{aside}; resuming from checkpoint {found.step}",
+              file=sys.stderr)
+    return found
+
+
 def run(config: Config, out_dir) -> dict:
     """Train, evaluate each epoch, checkpoint each epoch, write plots and summary.json."""
     from tqdm.auto import tqdm
@@ -248,7 +300,7 @@ def run(config: Config, out_dir) -> dict:
     steps = n_train // config.batch_size
     chunk = -(-steps // min(steps, PROGRESS_UPDATES))
     n_chunks = -(-steps // chunk)
-    train_chunk, evaluate = _programs(spec, data.max_value, chunk, mesh)
+    train_chunk, evaluate = _programs(spec, data.max_value, chunk, mesh, config.augment)
     # Multi-device: replicate every input of the compiled programs (the batch is split inside).
     place = (lambda tree: tree) if mesh is None else functools.partial(parallel.replicate, mesh=mesh)
     # Checkpoints hold one device's copy, so that a run on another number of devices (predict,
@@ -271,23 +323,15 @@ def run(config: Config, out_dir) -> dict:
     ckpt = Checkpointer(ckpt_dir, max_to_keep=2)
     resumed_from = None
     try:
-        if config.resume and ckpt.latest() is not None:
-            meta = ckpt.read_meta()
-            saved = meta.get("config", {})
-            for f in _RESUME_FIXED + (("epochs",) if config.lr_schedule == "cosine" else ()):
-                if saved.get(f) != getattr(config, f):
-                    raise ValueError(f"cannot resume: checkpoint has {f}={saved.get(f)!r} but this run has "
-                                     f"{f}={getattr(config, f)!r}")
-            if meta.get("model") != _model_meta(data, spec):
-                raise ValueError(f"cannot resume: the data in {config.data_dir or 'digits'} differs from the "
-                                 f"checkpoint's (image shape, classes or dataset)")
+        if config.resume:
             template = {"params": params, "train": {"opt_state": opt_state, "step": jnp.int32(0), "key": train_key}}
-            trees, meta = ckpt.restore(None, template)
-            params = trees["params"]
-            opt_state, step, train_key = (trees["train"][k] for k in ("opt_state", "step", "key"))
-            step = int(step)
-            history = list(meta["history"])
-            start_epoch = resumed_from = int(meta["epoch"])
+            found = _resume_from(ckpt, config, _model_meta(data, spec), template)
+            if found is not None:
+                params = found.trees["params"]
+                opt_state, step, train_key = (found.trees["train"][k] for k in ("opt_state", "step", "key"))
+                step = int(step)
+                history = list(found.meta["history"])
+                start_epoch = resumed_from = int(found.meta["epoch"])
 
         writer = runio.RunWriter(out_dir, config)
         writer.metrics_path.write_text("")  # rewritten from the checkpoint's history on resume
@@ -299,12 +343,13 @@ def run(config: Config, out_dir) -> dict:
         params, opt_state, x_train, y_train, x_eval, y_eval, m_eval, norm = place(
             (params, opt_state, x_train, y_train, x_eval, y_eval, m_eval, norm))
         t0 = time.perf_counter()
-        shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape, mesh)
+        shapes = (spec, data.max_value, chunk, x_train.shape, config.batch_size, n_chunks, x_eval.shape, mesh,
+                  config.augment)
         if shapes not in _COMPILED:  # compile ahead of time, once per shape, so timings exclude it
             _COMPILED[shapes] = (
                 train_chunk.lower(params, opt_state, x_train, y_train,
                                   *place(_plan(train_key, n_train, config.batch_size, n_chunks * chunk)),
-                                  place(train_key), 0, _sched(config, 0, steps), norm).compile(),
+                                  place(train_key), place(train_key), 0, _sched(config, 0, steps), norm).compile(),
                 evaluate.lower(params, x_eval, y_eval, m_eval, norm).compile(),
             )
         compiled_train, compiled_eval = _COMPILED[shapes]
@@ -314,9 +359,10 @@ def run(config: Config, out_dir) -> dict:
         images_trained = 0
         for epoch in range(start_epoch + 1, config.epochs + 1):
             train_key, epoch_key = jax.random.split(train_key)
-            perm_key, drop_key = jax.random.split(epoch_key)
+            # (with JAX's default partitionable threefry, the first two equal a 2-way split's)
+            perm_key, drop_key, aug_key = jax.random.split(epoch_key, 3)
             plan, valid = place(_plan(perm_key, n_train, config.batch_size, n_chunks * chunk))
-            drop_key = place(drop_key)
+            drop_key, aug_key = place((drop_key, aug_key))
             loss_sum = jnp.zeros((), jnp.float32)
             correct = jnp.zeros((), jnp.int32)
             t_epoch = time.perf_counter()
@@ -324,7 +370,8 @@ def run(config: Config, out_dir) -> dict:
                       file=sys.stderr, disable=None) as bar:
                 for c in range(n_chunks):
                     params, opt_state, ls, cs = compiled_train(params, opt_state, x_train, y_train, plan, valid,
-                                                               drop_key, c, _sched(config, step, steps), norm)
+                                                               drop_key, aug_key, c, _sched(config, step, steps),
+                                                               norm)
                     loss_sum, correct = loss_sum + ls, correct + cs
                     done = min((c + 1) * chunk, steps)
                     bar.set_postfix(loss=f"{float(ls) / (done - c * chunk):.4f}")
@@ -438,23 +485,28 @@ def load_predictor(checkpoint_dir: Path | str):
     """``(predict_probs, meta)`` from a run's checkpoint folder (or its run folder).
 
     ``predict_probs(images (n, h, w, c) float in [0, 1]) -> (n, classes)`` softmax probabilities.
+    The newest checkpoint that restores cleanly is used; when newer ones are damaged, one line
+    on stderr names them and the one used. Nothing in the folder is changed.
+
+    Raises:
+      FileNotFoundError: no such folder, or no complete checkpoint in it.
+      CheckpointError: checkpoints exist but none restores (a ``ValueError``).
     """
     path = Path(checkpoint_dir)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint folder not found: {path}")
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
-    ckpt = Checkpointer(path, async_save=False)
+    ckpt = Checkpointer(path, read_only=True)
     try:
-        if ckpt.latest() is None:
-            raise FileNotFoundError(f"no complete checkpoint in {path}")
-        meta = ckpt.read_meta()
-        spec = CNNSpec(**meta["model"]["spec"])
-        apply, abstract = abstract_params(spec)
-        trees, _ = ckpt.restore(None, {"params": abstract})
+        found = ckpt.restore_newest(lambda meta: {"params": abstract_params(CNNSpec(**meta["model"]["spec"]))[1]})
     finally:
         ckpt.close()
-    params = trees["params"]
+    if found.skipped:
+        print(f"{describe_skipped(found.skipped, ckpt.directory)}; using checkpoint {found.step}", file=sys.stderr)
+    meta = found.meta
+    apply, _ = abstract_params(CNNSpec(**meta["model"]["spec"]))
+    params = found.trees["params"]
     mean = jnp.asarray(meta["model"]["mean"], jnp.float32)[None, None, None, :]
     std = jnp.asarray(meta["model"]["std"], jnp.float32)[None, None, None, :]
 
@@ -470,27 +522,38 @@ def predict_command(argv) -> int:
     parser = argparse.ArgumentParser(prog="jaxcalc predict",
                                      description="Classify image files with a CNN trained by `jaxcalc run cnn`.")
     parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="a run folder or its checkpoints/ folder (the latest complete checkpoint is used)")
+                        help="a run folder or its checkpoints/ folder (the newest checkpoint that restores "
+                             "cleanly is used)")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--top", type=int, default=1, help="print the K most likely classes (default 1)")
+    parser.add_argument("--top", type=int, default=1,
+                        help="print the K most likely classes, 1 <= K <= number of classes (default 1)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+
+    def fail(message: str) -> int:
+        print(f"jaxcalc predict: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+
+    if args.top < 1:
+        return fail(f"--top must be >= 1, got {args.top}")
     try:
         predict_probs, meta = load_predictor(args.checkpoint)
         m = meta["model"]
         h, w, c = m["spec"]["height"], m["spec"]["width"], m["spec"]["channels"]
+        if args.top > len(m["class_names"]):
+            return fail(f"--top {args.top} is more than the model's {len(m['class_names'])} classes")
         images = np.stack([read_image(p, mode="L" if c == 1 else "RGB", size=(h, w)) for p in args.images])
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"jaxcalc predict: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:
+        return fail(str(e))
+    except KeyError as e:
+        return fail(f"the checkpoint's meta has no {e} entry: not a checkpoint of `jaxcalc run cnn`")
     # Training scaled pixels to [0, 1] (divided by the data's max_value: 255, or 16 for digits);
     # image files hold 0..255. predict_probs then standardises with the training mean and std.
     probs = np.asarray(predict_probs(jnp.asarray(images, jnp.float32) / 255.0))
     names = m["class_names"]
-    top = max(1, min(args.top, len(names)))
     for path, p in zip(args.images, probs, strict=True):
-        order = np.argsort(-p)[:top]
+        order = np.argsort(-p)[: args.top]
         print(f"{path}: " + ", ".join(f"{names[i]} ({p[i]:.3f})" for i in order))
     return 0

@@ -9,7 +9,8 @@ from PIL import Image
 
 from jaxcalc.data import cifar
 from jaxcalc.data.digits import load_digits_dataset, load_digits_images, stratified_split
-from jaxcalc.data.images import detect_layout, load_image_dataset, load_image_folder, read_image
+from jaxcalc.data.images import load_image_folder, read_image
+from jaxcalc.data.sources import detect_layout, load_image_dataset
 
 N = 20  # images per fixture batch
 
@@ -279,3 +280,58 @@ def test_digits_dataset():
     ds = load_digits_dataset()
     assert ds.x_train.shape[0] + ds.x_test.shape[0] == 1797
     assert ds.image_shape == (8, 8, 1) and ds.max_value == 16 and ds.num_classes == 10
+
+
+# ---- the data modules import one way: dataset <- loaders <- sources ------------------------
+
+def _package_imports(path) -> set[str]:
+    """Modules of jaxcalc.data that ``path`` imports anywhere (top level or inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxcalc.data"):
+            if node.module == "jaxcalc.data":
+                found |= {f"jaxcalc.data.{a.name}" for a in node.names}
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("jaxcalc.data.")}
+    return found
+
+
+def test_data_modules_import_without_cycles():
+    """No import circle among jaxcalc/data's modules, counting imports inside functions too (the
+    dispatcher once imported the CIFAR and digits loaders lazily while they imported its ImageDataset)."""
+    import importlib
+    import pathlib
+
+    import jaxcalc.data
+
+    folder = pathlib.Path(jaxcalc.data.__file__).parent
+    graph = {f"jaxcalc.data.{p.stem}": _package_imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert graph["jaxcalc.data.dataset"] == set()
+    assert {"jaxcalc.data.cifar", "jaxcalc.data.digits", "jaxcalc.data.images"} <= graph["jaxcalc.data.sources"]
+    for loader in ("cifar", "digits", "images"):
+        assert graph[f"jaxcalc.data.{loader}"] == {"jaxcalc.data.dataset"}
+
+    state: dict[str, str] = {}
+
+    def visit(mod, trail):  # depth-first search; a module met again while on the trail is a cycle
+        state[mod] = "open"
+        for dep in sorted(graph.get(mod, ())):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*trail, mod, dep])}"
+            if dep not in state:
+                visit(dep, [*trail, mod])
+        state[mod] = "done"
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])
+    for mod in graph:  # and each imports
+        importlib.import_module(mod)
+    # the names callers use stay where they were
+    from jaxcalc.data.dataset import ImageDataset
+    from jaxcalc.data.images import ImageDataset as FromImages
+
+    assert FromImages is ImageDataset and load_image_dataset.__module__ == "jaxcalc.data.sources"

@@ -1,6 +1,10 @@
-"""`jaxcalc run cnn`: smoke run on a tiny image folder, predict, SIGKILL + resume bitwise, 8 devices vs 1."""
+"""`jaxcalc run cnn`: smoke run on a tiny image folder, predict, SIGKILL + resume bitwise, 8 devices vs 1,
+--augment, resume and predict past damaged checkpoints."""
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _ckpt_damage import DAMAGES
 from PIL import Image
 
 from experiments import cnn
@@ -198,3 +203,116 @@ def test_eight_devices_match_one(smoke_run, image_dir, tmp_path):
     # the 8-device checkpoint restores in this 1-device process and matches to float32 rounding
     for a, b in zip(jax.tree.leaves(_final_params(out, 2)), jax.tree.leaves(_final_params(smoke_run, 2)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+# ---- --augment, and resume / predict past damaged checkpoints --------------------------------
+
+AUGMENTED = {"epochs": 2, "batch_size": BATCH, "lr": 0.01, "augment": True}  # the smoke run's recipe + --augment
+
+
+@pytest.fixture(scope="module")
+def augmented_run(image_dir, tmp_path_factory):
+    """The smoke run's config with ``augment=True``, started with ``resume=True`` in an empty folder:
+    ``(run folder, summary, stderr)``."""
+    out = tmp_path_factory.mktemp("aug") / "cnn"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        summary = cnn.run(cnn.Config(data_dir=str(image_dir), resume=True, **AUGMENTED), out)
+    return out, summary, err.getvalue()
+
+
+def test_resume_with_nothing_to_resume_says_so(augmented_run):
+    out, summary, err = augmented_run
+    lines = err.strip().splitlines()
+    assert lines[0] == (f"--resume: no complete checkpoint in {out / 'checkpoints'}; nothing to resume, "
+                        f"starting from the beginning")
+    assert [line.split(":")[0] for line in lines[1:]] == ["epoch 1/2", "epoch 2/2"]
+    assert summary["resumed_from_epoch"] is None and summary["epochs"] == 2
+
+
+def test_augment_runs_inside_the_compiled_step(augmented_run, smoke_run, image_dir):
+    """Same recipe and seed as the smoke run: shuffling and dropout keys are the same (the epoch
+    key's 3-way split starts with its 2-way split), so the different parameters come from the
+    augmentation alone."""
+    k = jax.random.key(0)
+    np.testing.assert_array_equal(jax.random.key_data(jax.random.split(k, 3)[:2]),
+                                  jax.random.key_data(jax.random.split(k, 2)))
+    aug, plain = _final_params(augmented_run[0], 2), _final_params(smoke_run, 2)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(aug), jax.tree.leaves(plain), strict=True))
+    with Checkpointer(augmented_run[0] / "checkpoints") as ck:
+        assert ck.read_meta()["config"]["augment"] is True
+    with pytest.raises(ValueError, match="cannot resume: checkpoint has augment=True but this run has augment=False"):
+        cnn.run(cnn.Config(data_dir=str(image_dir), resume=True, **dict(AUGMENTED, augment=False)),
+                augmented_run[0])
+
+
+@pytest.mark.parametrize("kind", list(DAMAGES))
+def test_resume_walks_past_damage_to_the_same_params(kind, augmented_run, image_dir, tmp_path, capfd):
+    """Checkpoint 2 (the last) damaged: resume names it in one line, sets it aside, trains epoch 2
+    again from checkpoint 1 and ends bit for bit where the uninterrupted (augmented) run ended."""
+    reference = augmented_run[0]
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    damage, reason = DAMAGES[kind]
+    damage(run / "checkpoints", 2)
+    capfd.readouterr()
+    summary = cnn.run(cnn.Config(data_dir=str(image_dir), resume=True, **AUGMENTED), run)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err  # the fallback line and epoch 2's line: no storage-library output
+    assert err[0].startswith(f"checkpoint 2 in {run / 'checkpoints'} is damaged (") and reason in err[0]
+    assert err[0].endswith("; resuming from checkpoint 1") and err[1].startswith("epoch 2/2: ")
+    if kind != "leftover_tmp_folder":  # (a temporary folder is removed by orbax)
+        assert "; set aside as 2.damaged;" in err[0] and (run / "checkpoints" / "2.damaged").is_dir()
+    assert summary["resumed_from_epoch"] == 1
+    for a, b in zip(jax.tree.leaves(_final_params(run, 2)), jax.tree.leaves(_final_params(reference, 2)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+    assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+
+
+def test_resume_when_no_checkpoint_restores_exits_2(augmented_run, image_dir, tmp_path, capfd):
+    run = tmp_path / "run"
+    shutil.copytree(augmented_run[0], run)
+    DAMAGES["zero_byte_metadata"][0](run / "checkpoints", 2)
+    DAMAGES["missing_commit_marker"][0](run / "checkpoints", 1)
+    capfd.readouterr()
+    rc = cli.main(["run", "cnn", "--data-dir", str(image_dir), "--epochs", "2", "--batch-size", str(BATCH), "--lr",
+                   "0.01", "--augment", "--resume", "--out", str(run), "--no-cache"])
+    assert rc == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"jaxcalc run cnn: error: no checkpoint in {run / 'checkpoints'} restores (2: ")
+    assert "params/_METADATA is empty" in err[0] and "1: the commit marker" in err[0]
+
+
+def test_predict_falls_back_and_refuses_cleanly(augmented_run, image_dir, tmp_path, capfd):
+    image = str(image_dir / "test" / "cross" / "0.png")
+    good = augmented_run[0]
+    capfd.readouterr()
+    assert cnn.predict_command(["--checkpoint", str(good), image, "--top", "3"]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and sorted(c.split(" (")[0] for c in out.strip().split(": ", 1)[1].split(", ")) == list(CLASSES)
+    for top, why in (("0", "--top must be >= 1, got 0"), ("4", "--top 4 is more than the model's 3 classes")):
+        assert cnn.predict_command(["--checkpoint", str(good), image, "--top", top]) == 2
+        assert capfd.readouterr().err == f"jaxcalc predict: error: {why}\n"
+
+    run = tmp_path / "run"
+    shutil.copytree(good, run)
+    DAMAGES["truncated_array_file"][0](run / "checkpoints", 2)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert cnn.predict_command(["--checkpoint", str(run), image]) == 0
+    out, err = capfd.readouterr()
+    assert len(out.strip().splitlines()) == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"checkpoint 2 in {run / 'checkpoints'} is damaged (orbax cannot read params/: ")
+    assert err.strip().endswith("; using checkpoint 1")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # predict changes nothing
+
+    DAMAGES["missing_commit_marker"][0](run / "checkpoints", 1)
+    assert cnn.predict_command(["--checkpoint", str(run), image]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith(f"jaxcalc predict: error: no checkpoint in {run / 'checkpoints'} restores (2: ")
+    assert len(err.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    assert cnn.predict_command(["--checkpoint", str(tmp_path / "empty"), image]) == 2
+    assert capfd.readouterr().err == f"jaxcalc predict: error: no complete checkpoint in {tmp_path / 'empty'}\n"
+    assert list((tmp_path / "empty").iterdir()) == []

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxcalc.data.images import ImageDataset
+from jaxcalc.data.dataset import ImageDataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_BYTES = 32 * 32 * 3

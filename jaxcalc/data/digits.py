@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxcalc.data.images import ImageDataset
+from jaxcalc.data.dataset import ImageDataset
 
 DIGITS_MAX_VALUE = 16  # sklearn's digits are 4-bit counts: 0..16 ink pixels per 4x4 block
 

@@ -1,79 +1,21 @@
-"""Image classification data: one container, a folder-of-images loader, and layout detection.
+"""Image files: :func:`read_image` (one file with Pillow) and :func:`load_image_folder`
+(``DIR/train/<class>/*`` and ``DIR/test/<class>/*``, PNG, JPEG, BMP; class ids given by the sorted
+class folder names) into an :class:`~jaxcalc.data.dataset.ImageDataset`.
 
-:class:`ImageDataset` holds train and test images as ``uint8`` NHWC arrays plus integer labels;
-models see ``x / max_value`` (values in ``[0, 1]``). :func:`load_image_dataset` takes the
-``--data-dir`` a user gives (or ``$JAXCALC_DATA``) and detects which layout it holds:
-
-- CIFAR-10, Python version: ``data_batch_1 .. data_batch_5`` and ``test_batch`` pickles
-  (read with a restricted unpickler, see :mod:`jaxcalc.data.cifar`);
-- CIFAR-10, binary version: ``data_batch_*.bin`` and ``test_batch.bin``;
-- a folder of images: ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (PNG, JPEG, BMP),
-  class ids given by the sorted class folder names.
-
-With no directory at all it returns scikit-learn's bundled digits (8x8x1, 10 classes), so
-nothing is downloaded.
+Which loader a ``--data-dir`` needs (image folders or CIFAR-10 batches) is decided by
+:func:`jaxcalc.data.sources.load_image_dataset`.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 
+from jaxcalc.data.dataset import ImageDataset
+
+__all__ = ["IMAGE_SUFFIXES", "ImageDataset", "load_image_folder", "read_image"]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-ENV_VAR = "JAXCALC_DATA"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageDataset:
-    """Train and test images for classification.
-
-    Attributes:
-      name: short description (``"digits"``, ``"cifar10-python"``, ``"folder:/path"``).
-      x_train: ``(n_train, h, w, c)`` uint8 images.
-      y_train: ``(n_train,)`` int32 labels in ``[0, len(class_names))``.
-      x_test: ``(n_test, h, w, c)`` uint8 images.
-      y_test: ``(n_test,)`` int32 labels.
-      class_names: one name per class id.
-      max_value: the pixel value meaning "full intensity" (255, or 16 for digits); models see
-        ``x / max_value``.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: tuple
-    max_value: int = 255
-
-    def __post_init__(self):
-        for split in ("train", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.ndim != 4 or x.dtype != np.uint8:
-                raise ValueError(f"{self.name}: x_{split} must be uint8 (n, h, w, c), got {x.dtype} {x.shape}")
-            if y.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: y_{split} shape {y.shape} does not match x_{split} {x.shape}")
-            if x.shape[0] == 0:
-                raise ValueError(f"{self.name}: the {split} split holds no images")
-            if y.min() < 0 or y.max() >= len(self.class_names):
-                raise ValueError(
-                    f"{self.name}: y_{split} holds labels outside [0, {len(self.class_names)})"
-                )
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
-                f"{self.name}: train images are {self.x_train.shape[1:]} but test images are {self.x_test.shape[1:]}"
-            )
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(height, width, channels)``."""
-        return tuple(int(s) for s in self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -189,50 +131,3 @@ def load_image_folder(root: Path | str) -> ImageDataset:
         x_test=arrays["test"][0], y_test=arrays["test"][1],
         class_names=tuple(class_names), max_value=255,
     )
-
-
-def detect_layout(root: Path | str) -> tuple[str, Path]:
-    """``(layout, folder)`` for a data directory: layout is ``"cifar-python"``, ``"cifar-binary"``
-    or ``"folder"``; folder is where the files are (``root`` or its ``cifar-10-batches-*`` child).
-
-    Raises:
-      FileNotFoundError: ``root`` does not exist.
-      ValueError: none of the three layouts is there (the message lists what was looked for).
-    """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"data directory not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"--data-dir must be a directory, got a file: {root}")
-    candidates = [root] + [root / n for n in ("cifar-10-batches-py", "cifar-10-batches-bin")]
-    for d in candidates:
-        if not d.is_dir():
-            continue
-        if any(d.glob("data_batch_*.bin")) or (d / "test_batch.bin").exists():
-            return "cifar-binary", d
-        if any(p.name.startswith("data_batch_") and p.suffix == "" for p in d.iterdir()) or (d / "test_batch").exists():
-            return "cifar-python", d
-    if (root / "train").is_dir() or (root / "test").is_dir():
-        return "folder", root
-    raise ValueError(
-        f"{root}: no known data layout; expected CIFAR-10 python batches (data_batch_1..5, test_batch), "
-        f"binary batches (data_batch_1..5.bin, test_batch.bin), or image folders train/<class>/ and test/<class>/"
-    )
-
-
-def load_image_dataset(data_dir: Path | str | None = None) -> ImageDataset:
-    """The dataset in ``data_dir`` (or ``$JAXCALC_DATA``); scikit-learn's digits when neither is set."""
-    if data_dir is None:
-        data_dir = os.environ.get(ENV_VAR) or None
-    if data_dir is None:
-        from jaxcalc.data.digits import load_digits_dataset
-
-        return load_digits_dataset()
-    layout, folder = detect_layout(data_dir)
-    if layout == "folder":
-        return load_image_folder(folder)
-    from jaxcalc.data import cifar
-
-    if layout == "cifar-python":
-        return cifar.load_cifar10_python(folder)
-    return cifar.load_cifar10_binary(folder)
