@@ -41,6 +41,7 @@ EXPECTED_SECONDS = {  # measured on this project's 2-core CPU, cold compilation 
     "mlp": (17, 40),
     "cnn": (8, 16),
     "recommender": (6, 15),
+    "diagnose": (15, 25),
 }
 
 
@@ -108,6 +109,13 @@ SECTIONS = (
             keys=("data", "method", "test_rmse", "noise_floor_rmse", "rmse_over_noise_floor", "bias_only_rmse",
                   "global_mean_rmse", "test_mae", "precision_at_10", "recall_at_10", "fit_seconds",
                   "compile_seconds")),
+    Section("Diagnosis: the line that breaks a gradient", "diagnose",
+            "jaxcalc.diagnose on small losses with the classic defects planted (the where-trap, naive softmax, "
+            "log(1 + x) and (1 − cos x)/x² at small x, a custom_vjp rule 1% off, sqrt and norm at 0): the reported "
+            "kind and file:line against the marked line of each defect; each fix and every jaxcalc loss and model "
+            "at ordinary inputs diagnose clean. Local error = log2(1 + |op32(round32(x)) − op64(x)| / ulp32) "
+            "per equation, x exact (float64 shadow).",
+            keys=("defects_found", "all_defects_found", "fixes_clean", "healthy_clean", "healthy_checked")),
 )
 
 

@@ -52,6 +52,10 @@ _SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter_ad
              "scatter_mul": lax.scatter_mul, "scatter-min": lax.scatter_min, "scatter_min": lax.scatter_min,
              "scatter-max": lax.scatter_max, "scatter_max": lax.scatter_max}
 BITS_CAP = 32.0
+# Float results made from bits or integers (random numbers, bitcasts): exact as they are, so the float64 shadow
+# is the float32 result itself.
+_FROM_BITS = {"bitcast_convert_type", "random_bits", "random_wrap", "random_unwrap", "rng_uniform", "rng_bit_generator",
+              "iota"}
 
 
 def is_float(aval) -> bool:
@@ -346,7 +350,9 @@ class Interpreter:
         args = [self.shadow_of(v) for v in ins]
         params = eqn.params
         try:
-            if name in _SCATTERS:
+            if name in _FROM_BITS and self.run32:
+                out = xs
+            elif name in _SCATTERS:
                 fn = _SCATTERS[name]
                 out = [fn(*args, params["dimension_numbers"], indices_are_sorted=params["indices_are_sorted"],
                           unique_indices=params["unique_indices"], mode=params["mode"])]
