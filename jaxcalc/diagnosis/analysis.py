@@ -73,10 +73,10 @@ class Flow:
         return changed
 
     def masked(self) -> dict[int, Site]:
-        """``{origin site id: the select_n site that discarded its NaN/inf}``."""
+        """``{origin site id: the forward-pass select_n (a jnp.where) that discarded its NaN/inf}``."""
         out = {}
         for site in self.tr.sites:
-            if site.program != self.program or site.primitive != "select_n":
+            if site.program != self.program or site.primitive != "select_n" or site.pass_ != "forward":
                 continue
             for i, node in enumerate(site.in_nodes[1:]):
                 if node >= 0 and self.stat(f"s{site.id}:mask{i}:max") > 0:
@@ -192,7 +192,7 @@ def _forward_detail(tr: Tracker, site: Site) -> str:
         return (f"exp overflows float32 above 88.72{feeds}: subtract the maximum first, or use jax.nn.softmax / "
                 "jax.nn.log_softmax / jax.nn.logsumexp")
     if p == "log":
-        if ins and has_upstream(tr, ins[0], {"exp"}, {"div", "reduce_sum", "mul", "add", "dot_general"}):
+        if ins and has_upstream(tr, ins[0], {"exp"}, _SOFTMAX_PATH, depth=6):
             return ("log of an underflowed softmax/exp (log(0) = -inf): use jax.nn.log_softmax or "
                     "jax.nn.logsumexp instead of log(softmax(x)) / log(sum(exp(x)))")
         return "log of 0 or of a negative value: clamp the argument (jnp.maximum(x, tiny)) or rewrite in log space"
@@ -203,6 +203,10 @@ def _forward_detail(tr: Tracker, site: Site) -> str:
     if p in ("mul", "dot_general", "add", "sub", "reduce_sum"):
         return f"{p} overflows float32 (|x| > 3.4e38): rescale, or compute this step in log space"
     return f"{p}{_api(site)} returns NaN/inf from finite inputs"
+
+
+_SOFTMAX_PATH = {"div", "reduce_sum", "mul", "add", "sub", "dot_general", "gather", "slice", "dynamic_slice",
+                 "select_n", "concatenate", "squeeze", "jit", "pjit"}
 
 
 def _consumers(tr: Tracker, site: Site, depth: int = 3) -> list[Site]:

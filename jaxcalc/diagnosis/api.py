@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc.diagnosis import analysis
-from jaxcalc.diagnosis.interpret import Ctx, Interpreter, Tracker, is_float
+from jaxcalc.diagnosis.interpret import SUMLIKE, Ctx, Interpreter, Tracker, host_stats, is_float, ulp_bits_np
 from jaxcalc.diagnosis.report import KINDS, Finding, Report
 from jaxcalc.diagnosis.rules import RuleCheck
 from jaxcalc.gradcheck import _arg_names, _is_array_like, _is_real_float, _normalise_argnums
@@ -306,21 +306,34 @@ def _run(tr: Tracker, closed, program: str, dyn: list, opts: dict, extra=None):
             with it.collect() as col:
                 outs = it.eval_jaxpr(cj.jaxpr, consts, ins, ctx)
             tr.outputs[name] = [o.node for o in outs]
-            results.append(([(o.x, o.s) for o in outs], col.stats, col.captures))
+            results.append(([(o.x, o.s) for o in outs], col.stats, col.captures, col.arrays))
         out = results[0][0]
         stats = {k: v for r in results for k, v in r[1].items()}
         caps = {k: v for r in results for k, v in r[2].items()}
-        return out, stats, caps
+        arrays = {k: v for r in results for k, v in r[3].items()}
+        return out, stats, caps, arrays
 
     consts = [list(j[0].consts) for j in jobs]
     with jax.enable_x64(True):
         try:
-            out, stats, caps = compile_fast(prog, consts, dyn)(consts, dyn)
+            out, stats, caps, arrays = compile_fast(prog, consts, dyn)(consts, dyn)
         except Exception as e:
             raise RuntimeError(f"diagnose: the instrumented program failed ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}); please report this with f") from e
     out = [(np.asarray(x), None if s is None else np.asarray(s)) for x, s in out]
-    return out, {k: float(v) for k, v in stats.items()}, caps
+    stats = {k: float(v) for k, v in stats.items()}
+    stats.update(host_stats(tr, {k: v for k, v in arrays.items() if k.startswith("n")}))
+    for key, pair in arrays.items():  # local errors of top-level equations, computed here in numpy
+        if not key.startswith("s"):
+            continue
+        y_loc, y_ex = pair
+        sid = key.split(":")[0]
+        y_loc = np.asarray(y_loc)
+        bits, ok = ulp_bits_np(y_loc, np.asarray(y_ex), y_loc.dtype, tr.sites[int(sid[1:])].primitive in SUMLIKE)
+        stats[f"{sid}:bits:sum"] = stats.get(f"{sid}:bits:sum", 0.0) + float(np.sum(bits[ok]))
+        stats[f"{sid}:count:sum"] = stats.get(f"{sid}:count:sum", 0.0) + float(np.sum(ok))
+        stats[f"{sid}:bitsmax:max"] = max(stats.get(f"{sid}:bitsmax:max", 0.0), float(np.max(bits[ok], initial=0.0)))
+    return out, stats, caps
 
 
 def _check_rules(tracker: Tracker, captures: dict, rtol: float, notes: list) -> tuple[list[Finding], list[dict]]:

@@ -52,6 +52,7 @@ _SCATTERS = {"scatter": lax.scatter, "scatter-add": lax.scatter_add, "scatter_ad
              "scatter_mul": lax.scatter_mul, "scatter-min": lax.scatter_min, "scatter_min": lax.scatter_min,
              "scatter-max": lax.scatter_max, "scatter_max": lax.scatter_max}
 BITS_CAP = 32.0
+HOST_MAX = 1 << 25   # entries of values sent back to the host (numpy) for statistics, instead of in-graph ones
 # Float results made from bits or integers (random numbers, bitcasts): exact as they are, so the float64 shadow
 # is the float32 result itself.
 _FROM_BITS = {"bitcast_convert_type", "random_bits", "random_wrap", "random_unwrap", "rng_uniform", "rng_bit_generator",
@@ -93,6 +94,7 @@ class Site:
     depth: int
     in_nodes: list = dataclasses.field(default_factory=list)
     out_nodes: list = dataclasses.field(default_factory=list)
+    host: bool = False      # its non-finite statistics are computed on the host from returned values
 
 
 @dataclasses.dataclass
@@ -174,6 +176,7 @@ class _Collector:
     def __init__(self):
         self.stats: dict[str, object] = {}
         self.captures: dict[int, list] = {}
+        self.arrays: dict[str, tuple] = {}   # (float32-local, float64-exact) results, for host-side bits
 
     def add(self, key, value, op):
         k = f"{key}:{op}"
@@ -193,12 +196,19 @@ def combine_stacked(stats: dict):
     return out
 
 
+_EXP_MASK = 0x7FF0000000000000
+_MANT_MASK = 0x000FFFFFFFFFFFFF
+
+
 def ulp_bits(y_loc, y_ex, dtype, normwise: bool):
     """Per-entry ``log2(1 + |y_loc − y_ex| / ulp(y_ex))`` in ``dtype``'s ulps, and the mask of entries counted
-    (both finite). Below the smallest normal the ulp is taken at the smallest normal (flushed subnormals are
-    not lost digits). Computed with ``frexp`` (exponent and mantissa bits), not ``log2``: the base-2 log is
-    ``e − 1 + (2m − 1)`` for ``x = m·2^e``, exact at powers of 2 and within 0.09 bits elsewhere, and keeps the
-    compiled program small (XLA expands every transcendental into a polynomial)."""
+    (both finite). The ulp is at least the smallest normal number: a subnormal result flushed to zero (as XLA
+    does on CPU) loses no digits by this measure.
+
+    Computed from the float64 bit pattern, not with ``log2``/``frexp`` (XLA expands those into long
+    polynomials and special cases, which made the compiled program several times slower to build): for
+    ``v = 1.f · 2^e``, zeroing the mantissa bits gives ``2^e`` (so ``ulp = 2^(e − nmant)``), and
+    ``log2 v ≈ e + f`` (exact at powers of two, within 0.09 bits elsewhere)."""
     info = jnp.finfo(dtype)
     yl = jnp.asarray(y_loc, F64)
     ye = jnp.asarray(y_ex, F64)
@@ -206,12 +216,93 @@ def ulp_bits(y_loc, y_ex, dtype, normwise: bool):
     a = jnp.where(ok, jnp.abs(ye), 0.0)
     mag = jnp.broadcast_to(jnp.max(a, initial=0.0), a.shape) if normwise else a
     mag = jnp.maximum(mag, float(info.tiny))
-    m, _ = jnp.frexp(mag)                       # mag = m·2^e, m in [0.5, 1): 2^(e-1) = mag / (2m)
-    ulp = mag / (2.0 * m) * 2.0 ** (-int(info.nmant))
-    r = 1.0 + jnp.where(ok, jnp.abs(yl - ye), 0.0) / ulp
-    m2, e2 = jnp.frexp(r)
-    bits = (e2 - 1).astype(F64) + (2.0 * m2 - 1.0)
+    pow2 = lax.bitcast_convert_type(lax.bitcast_convert_type(mag, jnp.int64) & _EXP_MASK, F64)
+    ulp = jnp.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
+    r = 1.0 + jnp.minimum(jnp.where(ok, jnp.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
+    rb = lax.bitcast_convert_type(r, jnp.int64)
+    bits = ((rb >> 52) - 1023).astype(F64) + (rb & _MANT_MASK).astype(F64) * 2.0 ** -52
     return jnp.minimum(bits, BITS_CAP), ok
+
+
+def ulp_bits_np(y_loc, y_ex, dtype, normwise: bool):
+    """:func:`ulp_bits` in numpy, on the host."""
+    info = np.finfo(dtype) if np.issubdtype(np.dtype(dtype), np.floating) else jnp.finfo(dtype)
+    yl = np.asarray(y_loc, np.float64)
+    ye = np.asarray(y_ex, np.float64)
+    ok = np.isfinite(yl) & np.isfinite(ye)
+    a = np.where(ok, np.abs(ye), 0.0)
+    mag = np.broadcast_to(np.max(a, initial=0.0), a.shape) if normwise else a
+    mag = np.maximum(mag, float(info.tiny))
+    pow2 = (mag.view(np.int64) & _EXP_MASK).view(np.float64)
+    ulp = np.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
+    r = 1.0 + np.minimum(np.where(ok, np.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
+    rb = np.ascontiguousarray(r).view(np.int64)
+    bits = ((rb >> 52) - 1023).astype(np.float64) + (rb & _MANT_MASK).astype(np.float64) * 2.0 ** -52
+    return np.minimum(bits, BITS_CAP), ok
+
+
+def _is_float_array(a) -> bool:
+    return a is not None and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def site_stats(xp, name: str, ins: list, outs: list) -> dict:
+    """Non-finite statistics of one equation from its input and output values, with ``xp`` = ``jnp`` (in the
+    compiled program) or ``np`` (on the host):
+
+    * ``nf[k]``: non-finite entries of output ``k`` (None for non-float outputs);
+    * ``origin``: some output is non-finite while every float input is finite;
+    * ``mask[i]`` (``select_n``): case ``i`` holds NaN/inf at entries the select discards;
+    * ``zinf`` (``mul``, ``div``): the output is NaN where an operand is 0 (``0·inf``, ``0/0``).
+    """
+    in_bad = xp.zeros((), bool)
+    for a in ins:
+        if _is_float_array(a):
+            in_bad = in_bad | ~xp.all(xp.isfinite(a))
+    nf, out_bad = [], xp.zeros((), bool)
+    for o in outs:
+        if _is_float_array(o):
+            n = xp.sum(~xp.isfinite(o))
+            nf.append(n)
+            out_bad = out_bad | (n > 0)
+        else:
+            nf.append(None)
+    res = {"nf": nf, "origin": out_bad & ~in_bad, "mask": {}, "zinf": None}
+    if name == "select_n" and ins[0] is not None:
+        for i, case in enumerate(ins[1:]):
+            if _is_float_array(case):
+                dropped = xp.broadcast_to(ins[0], case.shape).astype(xp.int32) != i
+                res["mask"][i] = xp.any(~xp.isfinite(case) & dropped)
+    elif name in ("mul", "div") and _is_float_array(outs[0]) and all(a is not None for a in ins[:2]):
+        y = outs[0]
+        a, b = (xp.broadcast_to(v, y.shape) for v in ins[:2])
+        zero = (a == 0) if name == "div" else ((a == 0) | (b == 0))
+        res["zinf"] = xp.any(xp.isnan(y) & zero)
+    return res
+
+
+def host_stats(tr: Tracker, arrays: dict) -> dict:
+    """``site_stats`` with numpy for the sites whose values came back to the host; keys as in the program."""
+    out = {}
+    for site in tr.sites:
+        if not site.host:
+            continue
+
+        def value(node):
+            if f"n{node}" in arrays:
+                return np.asarray(arrays[f"n{node}"])
+            lit = tr.nodes[node].literal if node >= 0 else None
+            return None if lit is None else np.asarray(lit)
+
+        st = site_stats(np, site.primitive, [value(n) for n in site.in_nodes], [value(n) for n in site.out_nodes])
+        for node, n in zip(site.out_nodes, st["nf"], strict=True):
+            if n is not None:
+                out[f"n{node}:nf:sum"] = out.get(f"n{node}:nf:sum", 0.0) + float(n)
+        out[f"s{site.id}:origin:max"] = float(st["origin"])
+        for i, m in st["mask"].items():
+            out[f"s{site.id}:mask{i}:max"] = float(m)
+        if st["zinf"] is not None:
+            out[f"s{site.id}:zinf:max"] = float(st["zinf"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------ interpreter
@@ -239,6 +330,8 @@ class Interpreter:
         self.capture = capture
         self.stats = nan_stats or self.local_error
         self._cols: list[_Collector] = []
+        self._loops = 0      # nesting depth of scan / while / cond bodies being interpreted
+        self._host_left = HOST_MAX   # values that may still go back to the host for statistics
 
     # -- collectors
     @contextlib.contextmanager
@@ -249,6 +342,14 @@ class Interpreter:
             yield col
         finally:
             self._cols.pop()
+
+    @contextlib.contextmanager
+    def _in_loop(self):
+        self._loops += 1
+        try:
+            yield
+        finally:
+            self._loops -= 1
 
     @property
     def col(self) -> _Collector | None:
@@ -290,7 +391,7 @@ class Interpreter:
             arr = np.asarray(c) if not isinstance(c, jax.core.Tracer) else c
             nf = int(np.size(arr) - np.count_nonzero(np.isfinite(arr))) if (
                 is_float(var.aval) and isinstance(arr, np.ndarray)) else 0
-            lit = arr if isinstance(arr, np.ndarray) and arr.size == 1 else None
+            lit = arr if isinstance(arr, np.ndarray) else None
             node = self.tr.node((*ctx.path, "const", j), "const", None, [], is_float(var.aval), lit, nf)
             env[var] = self.make_val(c, var.aval, node)
         for var, v in zip(jaxpr.invars, in_vals, strict=True):
@@ -374,31 +475,34 @@ class Interpreter:
         name = site.primitive
         float_outs = [o for o in outs if o.x is not None and is_float(jax.typeof(o.x))]
         if self.nan_stats and float_outs:
-            in_bad = jnp.zeros((), bool)
-            for v in ins:
-                if v.x is not None and is_float(jax.typeof(v.x)):
-                    in_bad = in_bad | ~jnp.all(jnp.isfinite(v.x))
-            out_bad = jnp.zeros((), bool)
-            for o in float_outs:
-                nf = jnp.sum(~jnp.isfinite(o.x))
-                col.add(f"n{o.node}:nf", nf, "sum")
-                out_bad = out_bad | (nf > 0)
-            col.add(f"s{site.id}:origin", out_bad & ~in_bad, "max")
-            if name == "select_n":
-                which = ins[0].x
-                for i, case in enumerate(ins[1:]):
-                    w = jnp.broadcast_to(which, case.x.shape)
-                    dropped = (w.astype(jnp.int32) != i)
-                    col.add(f"s{site.id}:mask{i}", jnp.any(~jnp.isfinite(case.x) & dropped), "max")
-            elif name in ("mul", "div"):
-                y = outs[0].x
-                a, b = (jnp.broadcast_to(v.x, y.shape) for v in ins[:2])
-                zero = (a == 0) if name == "div" else ((a == 0) | (b == 0))
-                col.add(f"s{site.id}:zinf", jnp.any(jnp.isnan(y) & zero), "max")
+            vals = [v for v in ins + outs if v.x is not None and not isinstance(v.x, np.ndarray)]
+            size = sum(int(np.size(v.x)) for v in vals)
+            if self._loops == 0 and self._host_left >= size:
+                # Outside loops the values themselves go back to the host, which computes the same statistics
+                # with numpy (site_stats(np, ...)): no reductions in the compiled program, so it compiles about
+                # as fast as the plain one. Inside loops (and past HOST_MAX values) they are computed in-graph.
+                site.host = True
+                for v in vals:
+                    if f"n{v.node}" not in col.arrays:
+                        col.arrays[f"n{v.node}"] = v.x
+                        self._host_left -= int(np.size(v.x))
+            else:
+                stats = site_stats(jnp, name, [v.x for v in ins], [o.x for o in outs])
+                for k, o in enumerate(outs):
+                    if stats["nf"][k] is not None:
+                        col.add(f"n{o.node}:nf", stats["nf"][k], "sum")
+                col.add(f"s{site.id}:origin", stats["origin"], "max")
+                for i, m in stats["mask"].items():
+                    col.add(f"s{site.id}:mask{i}", m, "max")
+                if stats["zinf"] is not None:
+                    col.add(f"s{site.id}:zinf", stats["zinf"], "max")
         if self.local_error and name in MEASURED and float_outs and all(o.s is not None for o in float_outs):
             self._local_error(site, ins, outs, apply)
 
     def _local_error(self, site, ins, outs, apply):
+        """Bits lost by this equation alone. Outside loops the two results go back to the host, which computes
+        the bits with numpy (:func:`ulp_bits_np`): one extra op per equation in the compiled program instead of
+        twenty, which keeps its compile time near the plain program's."""
         col = self.col
         rounded = []
         for v in ins:
@@ -410,6 +514,10 @@ class Interpreter:
         for yl, o in zip(y_loc, outs, strict=True):
             dtype = jax.typeof(o.x).dtype
             if not jnp.issubdtype(dtype, jnp.floating):
+                continue
+            if self._loops == 0 and self._host_left >= 2 * np.size(yl):
+                col.arrays[f"s{site.id}:{len(col.arrays)}"] = (yl, o.s)
+                self._host_left -= 2 * int(np.size(yl))
                 continue
             bits, ok = ulp_bits(yl, o.s, dtype, site.primitive in SUMLIKE)
             col.add(f"s{site.id}:bits", jnp.sum(jnp.where(ok, bits, 0.0)), "sum")
@@ -460,7 +568,7 @@ class Interpreter:
         def body_fn(carry, x):
             cvals = [Val(cx, cs, n) for (cx, cs), n in zip(carry, carry_nodes, strict=True)]
             xvals = [Val(a, b, n) for (a, b), n in zip(x, x_nodes, strict=True)]
-            with self.collect() as col:
+            with self.collect() as col, self._in_loop():
                 outs = self.eval_jaxpr(body, body_consts, const_vals + cvals + xvals, inner)
             box["outs"] = outs
             return self._pack(outs[:ncar]), (self._pack(outs[ncar:]), col.stats, col.captures)
@@ -492,7 +600,7 @@ class Interpreter:
 
         def run_body(carry):
             cvals = [Val(a, b, n) for (a, b), n in zip(carry, carry_nodes, strict=True)]
-            with self.collect() as col:
+            with self.collect() as col, self._in_loop():
                 outs = self.eval_jaxpr(body_j, body_consts, bconst_vals + cvals, inner)
             return outs, col.stats
 
@@ -533,7 +641,7 @@ class Interpreter:
         def run(k, packed):
             jaxpr, consts = _jax.closed(branches[k])
             vals = [Val(a, b, v.node) for (a, b), v in zip(packed, in_vals[k], strict=True)]
-            with self.collect() as col:
+            with self.collect() as col, self._in_loop():
                 outs = self.eval_jaxpr(jaxpr, consts, vals, inner[k])
             return outs, col.stats
 

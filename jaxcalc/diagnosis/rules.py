@@ -131,16 +131,24 @@ class RuleCheck:
             outs = sh.eval_closed(self.rule_jaxpr, ins, ctx)
             return jnp.concatenate([jnp.ravel(o.s) for o in outs])
 
-        f0 = F(x0)
         eps64 = float(jnp.finfo(jnp.float64).eps)
+
+        def evaluate_all(steps):
+            """F at x0 and at x0 ± steps[i] for both step sizes, in ONE vmapped call (one copy of F in the
+            compiled program): ``f0, [(F(x0 + s), F(x0 − s)) for the two step sizes]``."""
+            pts = [x0[None, :]]
+            for st in steps:
+                pts += [x0[None, :] + st, x0[None, :] - st]
+            vals = jax.vmap(F)(jnp.concatenate(pts))
+            k = steps[0].shape[0]
+            parts = [vals[1 + i * k:1 + (i + 1) * k] for i in range(2 * len(steps))]
+            return vals[0], [(parts[2 * i], parts[2 * i + 1]) for i in range(len(steps))]
+
         if self.method == "full":
             h = default_step(x0, "central")
-            cols = []
-            for scale in (1.0, SMALL_STEP):
-                hh = h / scale
-                fp = jax.vmap(F)(x0[None, :] + jnp.diag(hh))
-                fm = jax.vmap(F)(x0[None, :] - jnp.diag(hh))
-                cols.append((fp, fm, hh[:, None]))
+            hs = [h / scale for scale in (1.0, SMALL_STEP)]
+            f0, pairs = evaluate_all([jnp.diag(hh) for hh in hs])
+            cols = [(fp, fm, hh[:, None]) for (fp, fm), hh in zip(pairs, hs, strict=True)]
             if self.kind == "jvp":
                 J = jax.vmap(R)(jnp.eye(self.n, dtype=jnp.float64))          # (n, m)
             else:
@@ -159,11 +167,10 @@ class RuleCheck:
                 along = jnp.where(norms > 0, vs[:half] / jnp.where(norms > 0, norms, 1.0), us[:half])
                 us = jnp.concatenate([along, us[half:]])
             us = us / jnp.linalg.norm(us, axis=1, keepdims=True)
+            hs = [h0 / scale for scale in (1.0, SMALL_STEP)]
+            f0, pairs = evaluate_all([hh * us for hh in hs])
             cols = []
-            for scale in (1.0, SMALL_STEP):
-                hh = h0 / scale
-                fp = jax.vmap(F)(x0[None, :] + hh * us)
-                fm = jax.vmap(F)(x0[None, :] - hh * us)
+            for (fp, fm), hh in zip(pairs, hs, strict=True):
                 if self.kind == "vjp":  # scalar <w, F(x ± h u)>
                     fp, fm = jnp.sum(fp * ws, axis=1, keepdims=True), jnp.sum(fm * ws, axis=1, keepdims=True)
                 cols.append((fp, fm, hh))
