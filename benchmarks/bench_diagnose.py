@@ -62,7 +62,7 @@ def _losses():
         return losses.cross_entropy(mlp_apply(params, x), y)
 
     def naive_softmax(params, x, y):
-        z = 30.0 * mlp_apply(params, x)
+        z = 100.0 * mlp_apply(params, x)
         e = jnp.exp(z)  # naive-softmax
         p = e / jnp.sum(e, axis=1, keepdims=True)
         return -jnp.mean(jnp.log(jnp.take_along_axis(p, y[:, None], axis=1)))

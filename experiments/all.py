@@ -41,7 +41,7 @@ EXPECTED_SECONDS = {  # measured on this project's 2-core CPU, cold compilation 
     "mlp": (17, 40),
     "cnn": (8, 16),
     "recommender": (6, 15),
-    "diagnose": (15, 25),
+    "diagnose": (14, 16),
 }
 
 

@@ -51,7 +51,7 @@ class Frame:
 
 def _is_user_file(path: str) -> bool:
     return not (path.startswith(_HERE) or f"{os.sep}site-packages{os.sep}" in path
-                or f"{os.sep}dist-packages{os.sep}" in path or path.startswith("<"))
+                or f"{os.sep}dist-packages{os.sep}" in path or path.startswith("<frozen"))
 
 
 def _frames(eqn):

@@ -1,6 +1,7 @@
 """``diagnose(f, *args)``: trace, run the instrumented programs, analyse, report."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -85,7 +86,8 @@ def diagnose(
       rule_rtol: relative tolerance of the custom-rule check (default 1e-4; a rule 1% off fails).
       local_errors: ``"auto"`` (default): measure the local error of every forward equation only when ``f``
         or its gradient lost at least ``threshold_bits / 2`` bits end to end (a healthy loss then costs one
-        extra compile, not three); ``"always"``; ``"never"``.
+        extra compile, not three); ``"always"``; ``"never"`` (no precision analysis at all: no float64
+        shadow, ``value_bits_lost``/``grad_bits_lost`` are None; what ``check_grads`` uses for its hint).
       check_rules: check custom_jvp/custom_vjp rules (default True).
 
     Returns:
@@ -185,18 +187,19 @@ def diagnose(
 
     # Phase 1: value and gradient in float32 and their float64 shadow; inputs of custom rules.
     base = Tracker()
+    shadow = local_errors != "never"
     if vg is not None:
         extra = (fwd, "forward", dict(shadow=False, capture=True)) if has_custom else None
-        out, _, captures = _run(base, vg, "gradient", dyn, dict(shadow=True), extra)
+        out, _, captures = _run(base, vg, "gradient", dyn, dict(shadow=shadow), extra)
         (f32, f64), g_pairs = out[0], out[1:]
     else:
-        out, _, captures = _run(base, fwd, "forward", dyn, dict(shadow=True, capture=has_custom))
+        out, _, captures = _run(base, fwd, "forward", dyn, dict(shadow=shadow, capture=has_custom))
         (f32, f64), g_pairs = out[0], []
     value = float(f32)
     g32 = [g[0] for g in g_pairs]
     grad_count = int(sum(np.size(g) - np.count_nonzero(np.isfinite(g)) for g in g32))
-    value_bits = _bits_scalar(f32, f64, in_dtype)
-    grad_bits = _bits_normwise(g32, [g[1] for g in g_pairs]) if g_pairs else None
+    value_bits = _bits_scalar(f32, f64, in_dtype) if shadow else None
+    grad_bits = _bits_normwise(g32, [g[1] for g in g_pairs]) if (g_pairs and shadow) else None
     findings: list[Finding] = []
     lap("value_and_grad")
 
@@ -383,5 +386,6 @@ def _check_rules(tracker: Tracker, captures: dict, rtol: float, notes: list) -> 
                       f"of {check.primal} at the actual inputs (relative error {r['rel_error']:.2e} > {rtol:.0e}): "
                       "fix the rule (check it alone with jaxcalc.check_grads"
                       f"{modes})")
-            findings.append(analysis._finding("wrong_derivative", site, r["rel_error"], "rel_error", detail))
+            f = analysis._finding("wrong_derivative", site, r["rel_error"], "rel_error", detail)
+            findings.append(dataclasses.replace(f, pass_="backward"))  # the rule is the derivative of this line
     return findings, rows

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jex
 
 from jaxcalc.diagnosis import _jax
 
@@ -226,16 +227,16 @@ def ulp_bits(y_loc, y_ex, dtype, normwise: bool):
 
 def ulp_bits_np(y_loc, y_ex, dtype, normwise: bool):
     """:func:`ulp_bits` in numpy, on the host."""
-    info = np.finfo(dtype) if np.issubdtype(np.dtype(dtype), np.floating) else jnp.finfo(dtype)
-    yl = np.asarray(y_loc, np.float64)
-    ye = np.asarray(y_ex, np.float64)
-    ok = np.isfinite(yl) & np.isfinite(ye)
-    a = np.where(ok, np.abs(ye), 0.0)
+    info = jnp.finfo(dtype)
+    ok = np.isfinite(np.asarray(y_loc, np.float64)) & np.isfinite(np.asarray(y_ex, np.float64))
+    yl = np.where(ok, np.asarray(y_loc, np.float64), 0.0)
+    ye = np.where(ok, np.asarray(y_ex, np.float64), 0.0)
+    a = np.abs(ye)
     mag = np.broadcast_to(np.max(a, initial=0.0), a.shape) if normwise else a
     mag = np.maximum(mag, float(info.tiny))
     pow2 = (mag.view(np.int64) & _EXP_MASK).view(np.float64)
     ulp = np.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
-    r = 1.0 + np.minimum(np.where(ok, np.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
+    r = 1.0 + np.minimum(np.abs(yl - ye) / ulp, 2.0 ** 60)
     rb = np.ascontiguousarray(r).view(np.int64)
     bits = ((rb >> 52) - 1023).astype(np.float64) + (rb & _MANT_MASK).astype(np.float64) * 2.0 ** -52
     return np.minimum(bits, BITS_CAP), ok
@@ -418,7 +419,7 @@ class Interpreter:
                     outs = self._leaf(eqn, site, ins, ctx)
             site.out_nodes = [o.node for o in outs]
             for var, o in zip(eqn.outvars, outs, strict=True):
-                if not isinstance(var, jax.extend.core.DropVar):
+                if not isinstance(var, jex.DropVar):
                     env[var] = o
         return [self._read(env, a, ctx, "out", j) for j, a in enumerate(jaxpr.outvars)]
 
@@ -457,7 +458,7 @@ class Interpreter:
                 fn = _SCATTERS[name]
                 out = [fn(*args, params["dimension_numbers"], indices_are_sorted=params["indices_are_sorted"],
                           unique_indices=params["unique_indices"], mode=params["mode"])]
-            elif any(isinstance(v, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)) for v in params.values()):
+            elif any(isinstance(v, (jex.Jaxpr, jex.ClosedJaxpr)) for v in params.values()):
                 raise NotImplementedError(f"{name} holds a jaxpr parameter")
             else:
                 overrides = {k: _upcast_param(v) for k, v in params.items() if _upcast_param(v) is not v}
