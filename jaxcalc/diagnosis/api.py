@@ -228,7 +228,12 @@ def diagnose(
         _, stats, _ = _run(tr, fwd, "forward", dyn, dict(shadow=True, local_error=True))
         rows = analysis.local_errors(tr, stats)
         if e2e >= threshold_bits / 2:
-            findings += analysis.precision_findings(tr, rows, threshold_bits)
+            found = analysis.precision_findings(tr, rows, threshold_bits)
+            findings += found
+            if not found and e2e >= threshold_bits:
+                notes.append(f"f or its gradient lose {e2e:.1f} bits end to end, but no forward equation loses more "
+                             f"than {threshold_bits:g} bits by itself: the digits go in the backward pass or in "
+                             "many small steps (report.local_errors lists them)")
         elif any(r["bits_mean"] > threshold_bits for r in rows):
             notes.append(f"some equations lose more than {threshold_bits:g} bits locally, but f and its gradient "
                          f"lose only {e2e:.1f} bits end to end: not reported")
@@ -376,6 +381,9 @@ def _check_rules(tracker: Tracker, captures: dict, rtol: float, notes: list) -> 
     for sid, r in results.items():
         check = checks[sid]
         site = check.site
+        if not r["finite"]:
+            notes.append(f"the rule at {site.frame} was not checked: its inputs, primal or derivative are not finite")
+            continue
         passed = bool(r["rel_error"] <= rtol)
         rows.append({"rule": check.rule, "primal": check.primal, "source": str(site.frame) if site.frame else "",
                      "rel_error": r["rel_error"], "passed": passed, "method": check.method})

@@ -194,4 +194,6 @@ class RuleCheck:
         err_k = jnp.maximum(jnp.maximum(lo - J, J - hi), 0.0) / denom
         err = jnp.where(kink, jnp.minimum(err_c, err_k), err_c)
         err = jnp.where(jnp.isfinite(err), err, jnp.inf)
-        return {"rel_error": jnp.max(err, initial=0.0), "entries": jnp.asarray(err.size)}
+        finite = jnp.all(jnp.isfinite(f0)) & jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(x0))
+        return {"rel_error": jnp.max(err, initial=0.0), "entries": jnp.asarray(err.size),
+                "finite": finite.astype(jnp.float32)}
