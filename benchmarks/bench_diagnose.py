@@ -204,13 +204,14 @@ def main(argv=None) -> int:
     for _ in range(args.runs):  # alternate sides, one process at a time
         for name, _ in COST:
             r = _run_side(name, args.reps)
-            agg = results.setdefault(name, {"times": [], "first": [], **r})
+            agg = results.setdefault(name, {**r, "times": [], "first": []})
             agg["times"] += r["times"]
             agg["first"] += r.get("first", [])
     grad = results["grad"]
     base = statistics.median(grad["first"])
-    print(f"device: {grad['device']} ({_cpu()}); float32; MLP {'-'.join(map(str, SIZES))}, batch {BATCH}; "
-          f"{args.runs} process runs x {args.reps} calls per side\n")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"device: {grad['device']} ({_cpu()}, {os.cpu_count()} cores, load average {load} at the end); float32; "
+          f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}; {args.runs} process runs x {args.reps} calls per side\n")
     print("| workload | time | ratio to jax.grad + compile | target | notes |")
     print("|---|---|---|---|---|")
     print(f"| {COST[0][1]} | {_fmt(grad['first'])} | 1.0x | | steady call {_fmt(grad['times'], 1e3, 'ms')} |")
