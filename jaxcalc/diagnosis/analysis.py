@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc.diagnosis.interpret import Site, Tracker
@@ -342,7 +343,8 @@ def local_errors(tr: Tracker, stats: dict) -> list[dict]:
 def _precision_detail(tr: Tracker, site: Site, bits: float) -> str:
     p = site.primitive
     ins = site.in_nodes
-    lost = f"loses {bits:.1f} of 24 bits in float32"
+    dtype = site.eqn.outvars[0].aval.dtype
+    lost = f"loses {bits:.1f} of {jnp.finfo(dtype).nmant + 1} bits in {dtype}"
     if p == "log":
         arg = producer(tr, ins[0]) if ins else None
         if isinstance(arg, Site) and arg.primitive == "add" and any(

@@ -82,7 +82,8 @@ def diagnose(
       *args: its arguments (arrays or pytrees: dicts, lists of ``(W, b)``, flax NNX ``State``); integer
         arguments (labels) and PRNG keys are fine where they are not differentiated.
       argnums: which arguments the gradient is taken with respect to (int or tuple).
-      threshold_bits: local error, in bits, above which an equation is reported (default 10).
+      threshold_bits: local error, in bits of the arguments' precision, above which an equation is reported
+        (default 10, for float32's 24; with bfloat16's 8 bits choose a smaller one, e.g. 3).
       rule_rtol: relative tolerance of the custom-rule check (default 1e-4; a rule 1% off fails).
       local_errors: ``"auto"`` (default): measure the local error of every forward equation only when ``f``
         or its gradient lost at least ``threshold_bits / 2`` bits end to end (a healthy loss then costs one
@@ -257,7 +258,7 @@ def diagnose(
         local_errors=tuple(rows), rules=tuple(rules),
         equations={"forward": _count_eqns(fwd.jaxpr), "gradient": _count_eqns(vg.jaxpr) if vg is not None else 0},
         threshold_bits=float(threshold_bits), notes=tuple(dict.fromkeys(notes)),
-        seconds={k: round(v, 4) for k, v in seconds.items() if v > 0})
+        seconds={k: round(v, 4) for k, v in seconds.items() if v > 0}, dtype=str(in_dtype))
 
 
 def _walk(jaxpr):

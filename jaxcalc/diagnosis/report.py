@@ -108,6 +108,7 @@ class Report:
       threshold_bits: the local error above which an equation is a ``precision_loss`` finding.
       notes: what could not be analysed (e.g. no float64 shadow for some primitive).
       seconds: wall time per phase (trace, value_and_grad, nonfinite, local_errors, rules), compiles included.
+      dtype: the precision ``f`` ran in (its result's dtype), whose bits the precision figures count.
     """
 
     findings: tuple
@@ -120,6 +121,7 @@ class Report:
     threshold_bits: float
     notes: tuple = ()
     seconds: dict = dataclasses.field(default_factory=dict)
+    dtype: str = "float32"
 
     @property
     def ok(self) -> bool:
@@ -137,8 +139,8 @@ class Report:
         bits = "n/a" if self.value_bits_lost is None else f"{self.value_bits_lost:.1f}"
         gbits = "n/a" if self.grad_bits_lost is None else f"{self.grad_bits_lost:.1f}"
         head = (f"diagnosis: {'ok' if self.ok else f'{len(self.findings)} finding(s)'} — f = {self.value:.6g}; "
-                f"float32 error of f {bits} bits, of its gradient {gbits} bits; {n_f} forward and {n_g} gradient "
-                f"equations, {len(self.rules)} custom rule(s) checked")
+                f"{self.dtype} error of f {bits} bits, of its gradient {gbits} bits; {n_f} forward and {n_g} "
+                f"gradient equations, {len(self.rules)} custom rule(s) checked")
         lines = [head]
         if self.findings:
             rows = [("#", "kind", "source", "primitive", "pass", "number")]
@@ -168,4 +170,5 @@ class Report:
             "threshold_bits": self.threshold_bits,
             "notes": list(self.notes),
             "seconds": dict(self.seconds),
+            "dtype": self.dtype,
         }
