@@ -10,9 +10,9 @@ from jaxcalc.errors import DivergenceError, GradientCheckError
 
 # Heavier modules load on first use: `jaxcalc.check_grads`, `jaxcalc.train.fit`, ...
 _LAZY_ATTRS = {"check_grads": "jaxcalc.gradcheck", "fit": "jaxcalc.train", "sweep": "jaxcalc.train",
-               "lr_find": "jaxcalc.train"}
+               "lr_find": "jaxcalc.train", "diagnose": "jaxcalc.diagnosis"}
 _SUBMODULES = {"derivatives", "gradcheck", "integrate", "optim", "train", "per_example", "backprop",
-               "models", "data", "parallel", "checkpoint", "ops", "runio", "cli"}
+               "models", "data", "parallel", "checkpoint", "ops", "runio", "cli", "diagnosis"}
 
 
 def __getattr__(name):
@@ -23,4 +23,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxcalc' has no attribute {name!r}")
 
 
-__all__ = ["DivergenceError", "GradientCheckError", "__version__", "check_grads", "fit", "losses", "lr_find", "sweep"]
+__all__ = ["DivergenceError", "GradientCheckError", "__version__", "check_grads", "diagnose", "fit", "losses",
+           "lr_find", "sweep"]

@@ -1,4 +1,4 @@
-"""The ``jaxcalc`` command line: ``run NAME``, ``list``, ``info``, ``predict``, ``recommend``.
+"""The ``jaxcalc`` command line: ``run NAME``, ``list``, ``info``, ``predict``, ``recommend``, ``diagnose``.
 
 ``jaxcalc run NAME`` builds its options from the experiment's ``Config`` dataclass: a field
 ``batch_size: int`` becomes ``--batch-size N``, a ``bool`` field becomes ``--flag/--no-flag``.
@@ -364,18 +364,20 @@ COMMANDS = {
     "info": cmd_info,
     "predict": _delegate("experiments.cnn", "predict_command"),
     "recommend": _delegate("experiments.recommender", "recommend_command"),
+    "diagnose": _delegate("jaxcalc.diagnosis.command", "main"),
 }
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: jaxcalc {run NAME,list,info,predict,recommend} ...\n\n"
+        print("usage: jaxcalc {run NAME,list,info,predict,recommend,diagnose} ...\n\n"
               "  run NAME [--out DIR] [--seed N] [--quick]   run an experiment (`jaxcalc list` names them)\n"
               "  list                                        list the experiments\n"
               "  info                                        versions, backend and devices\n"
               "  predict --checkpoint DIR IMAGE...           classify images with a trained CNN\n"
-              "  recommend --ratings PATH --user ID          top-N items for a user")
+              "  recommend --ratings PATH --user ID          top-N items for a user\n"
+              "  diagnose FILE.py:FUNCTION                   where f or its gradient breaks (FUNCTION() -> (f, args))")
         return 0 if argv else EXIT_USAGE
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:

@@ -533,8 +533,19 @@ def check_grads(
 
     report = GradCheckReport(results=tuple(results), rtol=rtol, atol=atol_used, eps=eps)
     if not report.passed:
-        raise GradientCheckError(_message(report, f), report)
+        raise GradientCheckError(_message(report, f) + _diagnosis_hint(f, args, nums), report)
     return report
+
+
+def _diagnosis_hint(f, args, argnums) -> str:
+    """The top finding of :func:`jaxcalc.diagnose` (the rule or line to look at), or "" if it has none."""
+    try:
+        from jaxcalc.diagnosis import diagnose
+
+        top = diagnose(f, *args, argnums=argnums, local_errors="never").top
+    except Exception:
+        return ""
+    return f"\ndiagnosis: {top.short()}" if top is not None else ""
 
 
 def _custom_vjp_hint(err: TypeError, modes) -> TypeError:
