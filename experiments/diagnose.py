@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +39,9 @@ class Config:
     """
 
     seed: int = 0
-    threshold_bits: float = field(default=10.0, metadata={
-        "help": "local error in bits (of float32's 24) above which an equation is reported, 1..24"})
-    fixes: bool = field(default=True, metadata={"help": "also diagnose each defect's fix (expected clean)"})
-    healthy: bool = field(default=True, metadata={
-        "help": "also diagnose jaxcalc's losses and models at ordinary inputs (expected clean)"})
+    threshold_bits: float = 10.0
+    fixes: bool = True
+    healthy: bool = True
 
     def __post_init__(self):
         if not (isinstance(self.threshold_bits, (int, float)) and 1.0 <= self.threshold_bits <= 24.0):

@@ -129,6 +129,7 @@ OUT_OF_RANGE = [  # (experiment, option, value, what the one-line error says)
     ("mlp", "--digits-batch-size", "5000", "digits_batch_size must be at most 1438"),
     ("cnn", "--epochs", "0", "epochs must be >= 1"),
     ("recommender", "--test-fraction", "1.5", "test_fraction must be in (0, 1)"),
+    ("diagnose", "--threshold-bits", "30", "threshold_bits must be in [1, 24]"),
 ]
 
 
