@@ -251,6 +251,15 @@ class _How:
         return jax.tree.unflatten(treedef, [x.T if f else x for x, f in zip(leaves, self.fold, strict=True)])
 
 
+def _nice_chunk(size: int, target: int) -> int:
+    """A chunk near ``target`` (at most it, at least half of it) that divides ``size`` if one does:
+    then the batch splits into chunks by a reshape, without copying a remainder out."""
+    for c in range(min(target, size), max(target // 2, 1) - 1, -1):
+        if size % c == 0:
+            return c
+    return target
+
+
 def _abstract_batch(data, size):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct((size, *np.shape(x)[1:]), jnp.result_type(x)), data)
 
@@ -297,7 +306,7 @@ class _Loop:
         chunk = self.chunk_size
         if chunk is None:
             l2, _ = batchstep.cpu_cache_bytes()
-            chunk = max(8, int(l2 // max(probe.example_bytes + data_bytes, 1.0)))
+            chunk = _nice_chunk(size, max(8, int(l2 // max(probe.example_bytes + data_bytes, 1.0))))
         if chunk * 2 > size:
             return None
         rem = size % chunk
@@ -543,10 +552,15 @@ def _has_checks(err) -> bool:
     return bool(jax.tree_util.tree_flatten(err)[0])
 
 
+@functools.lru_cache(maxsize=8)
+def _checked_loss(loss_fn):
+    return jax.jit(checks.checkify_fn(loss_fn))
+
+
 def _locate(loss_fn, params, data, n: int, size: int) -> str | None:
     """The first failing value check of ``loss_fn`` on the data in its own order, in slices of
     ``size`` examples, with the index shifted to count in the whole data (error path only)."""
-    checked = jax.jit(checks.checkify_fn(loss_fn))
+    checked = _checked_loss(loss_fn)
     for start in range(0, n, size):
         chunk = jax.tree.map(lambda x, s=start: x[s: s + size], data)
         err, _ = checked(params, chunk)
