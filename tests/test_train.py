@@ -367,15 +367,30 @@ def test_chunked_falls_back_where_the_loss_is_not_a_mean(reg):
         np.testing.assert_array_equal(a, b)  # the whole-batch step, bit for bit
 
 
+def _logistic(params, batch):
+    """Logistic regression whose loss checks its binary labels (as jaxcalc.losses do)."""
+    from jaxcalc import checks
+
+    z = batch["x"] @ params["w"] + params["b"]
+    y = batch["y"]
+    bad = (y < 0) | (y > 1)
+    checks.check_entries(bad, y, name="labels", condition="is not in [0, 1]")
+    return jnp.mean(checks.poison(jnp.logaddexp(0.0, z) - y * z, bad))
+
+
 def test_feature_major_layout_equals_layout_as_given():
-    data, _ = synthetic.linear_regression(jax.random.key(4), 64, 3, noise=0.1)
+    x = jax.random.normal(jax.random.key(4), (64, 3))
+    data = {"x": x, "y": (x[:, 0] > 0).astype(jnp.float32)}
     p0 = init_linear(None, 3)
     kw = dict(optimizer=SGD, epochs=5, full_loss=True)
-    p_auto, h_auto = train.fit(mse_loss, p0, data, **kw)
-    p_given, h_given = train.fit(mse_loss, p0, data, layout="as_given", **kw)
+    p_auto, h_auto = train.fit(_logistic, p0, data, **kw)  # X stored (3, 64): products on the transpose
+    p_given, h_given = train.fit(_logistic, p0, data, layout="as_given", **kw)
     _assert_trees_close(p_auto, p_given, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(h_auto["loss"], h_given["loss"], rtol=1e-6)
     np.testing.assert_allclose(h_auto["full_loss"], h_given["full_loss"], rtol=1e-6)
+    # the loss's value check still runs on the re-laid-out program
+    with pytest.raises(ValueError, match=r"labels\[5\] = 2\.0 is not in \[0, 1\]"):
+        train.fit(_logistic, p0, {"x": x, "y": data["y"].at[5].set(2.0)}, **kw)
 
 
 # ----------------------------------------------------------------- warm calls
