@@ -492,15 +492,20 @@ def _pack(loop: _Loop, state: TrainState, recs: dict):
     return jnp.stack([state.status, state.event_step, state.cause]), floats
 
 
-def _unpack(loop: _Loop, epochs: int, floats: np.ndarray) -> tuple[dict, float]:
-    """The numpy history and last finite loss from :func:`_pack`'s float vector."""
-    hist, pos = {}, 0
+def _slices(loop: _Loop, epochs: int) -> tuple:
+    """``(name, start, stop)`` of each record in :func:`_pack`'s float vector."""
+    out, pos = [], 0
     steps = loop.plan.steps_per_epoch
     for name in _record_names(loop):
         size = epochs * steps if name.startswith("step_") else epochs
-        hist[name] = floats[pos: pos + size]
+        out.append((name, pos, pos + size))
         pos += size
-    return hist, float(floats[-1])
+    return tuple(out)
+
+
+def _unpack(slices: tuple, floats: np.ndarray) -> tuple[dict, float]:
+    """The numpy history and last finite loss from :func:`_pack`'s float vector."""
+    return {name: floats[a:b] for name, a, b in slices}, float(floats[-1])
 
 
 def _divergence_message(hist: dict, cause: int) -> str:
@@ -772,12 +777,13 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
         loop = _Loop(loss_fn, plan, _ConstOpt(optimizer), grad_tol, clip_norm, float(noise_multiplier),
                      bool(log_noise_scale), history_every == "step", bool(full_loss), mesh, chunked,
                      chunk_size, layout)
-        entry = [plan, loop, None if per_epoch else _compiled(loop, "run", int(epochs)), None]
+        entry = [plan, loop, None if per_epoch else _compiled(loop, "run", int(epochs)), None,
+                 _slices(loop, int(epochs))]
         if cache_key is not None:
             if len(_FIT_CACHE) > 64:
                 _FIT_CACHE.clear()
             _FIT_CACHE[cache_key] = entry
-    plan, loop, program, with_checks = entry
+    plan, loop, program, with_checks, slices = entry
     if key is None:
         key = _default_key()
     if mesh is not None:
@@ -789,7 +795,7 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
             with_checks = entry[3] = _has_checks(err)
         if with_checks:
             _raise_checks(err, loss_fn, params, data, n, _check_slice(plan))
-        hist, lfl = _unpack(loop, epochs, np.asarray(floats))
+        hist, lfl = _unpack(slices, np.asarray(floats))
         return _finish(p_out, meta, lfl, hist, plan, on_divergence)
     return _fit_per_epoch(loop, plan, params, data, key, epochs, progress, callback, on_divergence)
 
