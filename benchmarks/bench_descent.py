@@ -583,7 +583,7 @@ def worker_e(workload):
         calls = {name: (lambda fn=fn: jax.block_until_ready(
             train.fit(fn, params, data, optimizer=opt, key=jax.random.key(0), **kw)[0]))
             for name, fn in (("checked", checked), ("unchecked", unchecked))}
-        reps = 8
+        reps = 15
     for f in calls.values():
         f()
     times = {k: [] for k in calls}
