@@ -15,10 +15,11 @@ the same products, only the memory order differs, so it is exact for *any* loss.
 **Chunked accumulation** (:func:`prove_mean_over_examples`, :func:`chunked_value_and_grad`). For a
 loss that is a mean over examples, ``L(B) = (1/|B|) Σ_{i∈B} f(x_i; θ) + g(θ)``, the gradient of
 the whole batch is the size-weighted sum of the gradients of its chunks,
-``∇L(B) = Σ_j (|B_j|/|B|) ∇L(B_j)`` (gradient accumulation), which keeps each chunk's
-intermediate values in cache. That identity is false for other losses (a median, a batch
-normalisation, a loss that uses the batch size), so it is used only where the jaxpr *proves* the
-form above (see :func:`prove_mean_over_examples`); everything else keeps the whole-batch step.
+``∇L(B) = Σ_j (|B_j|/|B|) ∇L(B_j)`` (gradient accumulation), which keeps each chunk (its data
+between the forward product and the gradient's, its intermediate values) in cache. That identity
+is false for other losses (a median, a batch normalisation, a loss that uses the batch size), so
+it is used only where the jaxpr *proves* the form above (see :func:`prove_mean_over_examples`);
+everything else keeps the whole-batch step.
 """
 from __future__ import annotations
 
@@ -251,7 +252,8 @@ class _Prover:
             raise _Reject("the loss traces differently at two batch sizes")
         env = {}
         for v1, (c1, c2) in zip(j1.constvars, consts, strict=True):
-            if np.shape(c1) != np.shape(c2) or not np.array_equal(np.asarray(c1), np.asarray(c2)):
+            a1, a2 = np.asarray(c1), np.asarray(c2)
+            if a1.shape != a2.shape or not np.array_equal(a1, a2, equal_nan=a1.dtype.kind in "fc"):
                 raise _Reject("a constant of the loss depends on the batch size")
             env[v1] = _U0
         for v, s in zip(j1.invars, in_states, strict=True):
@@ -295,12 +297,12 @@ class _Prover:
         p = e1.params
         shapes = [np.shape(v.aval) if hasattr(v, "aval") else () for v in e1.invars]
         lits = [(_literal(a), _literal(b)) for a, b in zip(e1.invars, e2.invars, strict=True)]
-        for (l1, l2), v in zip(lits, e1.invars, strict=True):
+        for l1, l2 in lits:
             if (l1 is None) != (l2 is None):
                 raise _Reject("literals differ between the traces")
-            if l1 is not None and l1 != l2 and not (name in ("mul", "div") and any(isinstance(s, _S) for s in ins)):
+            same = l1 == l2 or (l1 is not None and math.isnan(l1) and math.isnan(l2))
+            if not same and not (name in ("mul", "div") and any(isinstance(s, _S) for s in ins)):
                 raise _Reject(f"a literal depends on the batch size ({l1} vs {l2})")
-            del v
         if name in _CALLS:
             s1, s2 = _sub(e1), _sub(e2)
             if s1 is None or s2 is None:

@@ -42,6 +42,8 @@ MEANS = {
     "0.5 * mean over all entries": (lambda p, b: 0.5 * jnp.mean((b["x"] * p["w"][None, :]) ** 2), LIN, REG),
     "cross-entropy of an MLP": (_ce, MLP, CLS),
     "cross-entropy with a value check": (_checked_ce, MLP, CLS),
+    "mean poisoned with NaN where bad": (lambda p, b: jnp.mean(checks.poison(
+        losses.squared_error(_pred(p, b), b["y"]), b["y"] < -100.0)), LIN, REG),
 }
 NOT_MEANS = {
     "sum": (lambda p, b: jnp.sum(losses.squared_error(_pred(p, b), b["y"])), LIN, REG, "scaled by"),

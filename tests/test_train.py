@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcalc import DivergenceError, train
+from jaxcalc import DivergenceError, batchstep, train
 from jaxcalc.data import synthetic
 from jaxcalc.models.linear import init_linear, least_squares, mse_loss
 
@@ -354,6 +354,27 @@ def test_chunked_step_equals_whole_batch_step(problem, method, batch_size, reg, 
     np.testing.assert_allclose(chunk_h["step_loss"], whole_h["step_loss"], rtol=1e-5)
     assert not np.allclose(whole_p["w"] if problem != "mlp" else whole_p[0][0],
                            p0["w"] if problem != "mlp" else p0[0][0])  # it trained
+
+
+def test_auto_cuts_large_batch_data_into_chunks(monkeypatch):
+    # "auto" cuts method="batch" data of >= 2 chunks of SPLIT_CHUNK_L2 L2 caches; shrink the chunk so
+    # that this small problem qualifies, then compare with the whole-batch step
+    x = jax.random.normal(jax.random.key(5), (64, 3))
+    data = {"x": x, "y": (x[:, 0] > 0).astype(jnp.float32)}
+    p0 = init_linear(None, 3)
+    kw = dict(optimizer=SGD, epochs=5, full_loss=True)
+    ref_p, ref_h = train.fit(_logistic, p0, data, chunked=False, **kw)
+    monkeypatch.setattr(train, "SPLIT_CHUNK_L2", 300 / batchstep.cpu_cache_bytes()[0])  # 300-byte chunks
+    train._FIT_CACHE.clear()
+    train._compiled.cache_clear()
+    p, h = train.fit(_logistic, p0, data, **kw)
+    loop = next(v[1] for k, v in train._FIT_CACHE.items() if k[0] is _logistic)
+    how = loop.prepare(p0, data, allow_fold=True)
+    assert how.split == (16, 16, 16, 16) and how.fold == (True, False)  # 16 bytes per example
+    _assert_trees_close(p, ref_p, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(h["full_loss"], ref_h["full_loss"], rtol=1e-6)
+    train._FIT_CACHE.clear()
+    train._compiled.cache_clear()
 
 
 def test_chunked_falls_back_where_the_loss_is_not_a_mean(reg):
