@@ -96,12 +96,15 @@ def _blas_info() -> str:
 
 
 def _read_gbps(nbytes: int, reps: int) -> float:
-    """numpy read bandwidth: median over ``reps`` of the sum of a float32 array of ``nbytes``."""
+    """Read bandwidth: median over ``reps`` of BLAS ``sdot`` of the two halves of a float32 array of
+    ``nbytes`` (every byte read once, by OpenBLAS's vectorised kernel)."""
     import numpy as np
 
     a = np.ones(nbytes // 4, np.float32)
-    a.sum()
-    return statistics.median(a.nbytes / t / 1e9 for t in timeit(a.sum, reps))
+    half = a.size // 2
+    x, y = a[:half], a[half: 2 * half]
+    np.dot(x, y)
+    return statistics.median(a.nbytes / t / 1e9 for t in timeit(lambda: np.dot(x, y), reps))
 
 
 def _compile(jitted, *args, **kwargs):
@@ -217,7 +220,7 @@ def worker_b_fit(variant):
     import jax
     import jax.numpy as jnp
 
-    from jaxcalc import batchstep, optim, train
+    from jaxcalc import optim, train
     from jaxcalc.models.linear import init_linear, mse_loss
 
     x_np, y_np, w_true = _b_data()
@@ -234,11 +237,24 @@ def worker_b_fit(variant):
     out, hist = fit()
     t_first = time.perf_counter() - t
     times = timeit(lambda: jax.block_until_ready(fit()[0]), 4)
-    fold = batchstep.foldable_leaves(mse_loss, p0, data)
     return {"times": times, "compile": t_first, "w_err": float(jnp.max(jnp.abs(out["w"] - w_true))),
             "w": [float(v) for v in out["w"]], "b": float(out["b"]), "final_loss": float(hist["loss"][-1]),
-            "layout": "feature-major X" if variant.startswith("fit") and "layout" not in kw and fold[0]
-            else "X as given", "device": str(jax.devices()[0])}
+            "layout": _chose(mse_loss, p0, data, kw.get("chunked", "auto"), kw.get("layout", "auto")),
+            "device": str(jax.devices()[0])}
+
+
+def _chose(loss, params, data, chunked="auto", layout="auto") -> str:
+    """What ``fit`` (its cached run of ``loss`` with these options) decided about reading the data."""
+    from jaxcalc import train
+
+    loop = next(v[1] for k, v in train._FIT_CACHE.items() if k[0] is loss and k[16] == chunked and k[18] == layout)
+    how = loop.prepare(params, data, allow_fold=True)
+    parts = ["X feature-major" if how.fold and how.fold[0] else "X as given"]
+    if how.split:
+        parts.append(f"cut into {len(how.split)} chunks of {how.split[0]:,} once per run")
+    if how.chunks:
+        parts.append("chunks of " + ", ".join(f"{c:,}" for c in how.chunks.values()) + " inside the step")
+    return ", ".join(parts)
 
 
 def worker_b_jax(variant):
@@ -479,15 +495,13 @@ def worker_d(workload):
             times[name] += timeit(lambda f=f: jax.block_until_ready(f()[0]), 1)
     times = {"times": times["fit"], "plain_times": times["plain"], "chunked_times": times["chunked"]}
     loop = next(v[1] for k, v in train._FIT_CACHE.items() if k[0] is loss and k[16] == "auto")
-    how = loop.prepare(params, data, allow_fold=True)
     b = loop.plan.batch_size
     if b >= 3:
         proof = batchstep.prove_mean_over_examples(loss, params, train._abstract_batch(data, b), max(2, b // 3))
         proof_note = "proved a mean" if proof.ok else f"not proved: {proof.reason}"
     else:
         proof_note = f"batches of {b}: nothing to chunk"
-    chose = ("chunks of " + ", ".join(str(c) for c in how.chunks.values()) if how.chunks
-             else "feature-major X" if how.fold else "whole batch")
+    chose = _chose(loss, params, data)
     diff = {name: max(float(abs(a - c).max()) for a, c in zip(jax.tree.leaves(outs[name][0]),
                                                                 jax.tree.leaves(outs["plain"][0]), strict=True))
             for name in fits}
@@ -752,9 +766,10 @@ def main():
                     f"{max(abs(a - c) for a, c in zip(r[key]['w'], fit_ref['w'], strict=True)):.1e}"
             print(f"| (b) {label} | fit {fm:.3g} s | {t} ({gb / tm:.1f} GB/s) | {tm / fm:.2f}x | {extra} |")
         rb = r[best_np]
-        print(f"| (b) read bandwidth, numpy sum (this CPU) | | {rb['read_gbps_x']:.1f} GB/s at 6.4 MB (X's size, "
-              f"cache-resident); {rb['read_gbps_dram']:.1f} GB/s at 256 MB (DRAM) | | one pass over X per "
-              f"iteration = {gb:.1f} GB per run |")
+        print(f"| (b) read bandwidth, numpy `dot` ({np_label(best_np)}) | | {rb['read_gbps_x']:.1f} GB/s at 6.4 MB "
+              f"(X's size, cache-resident); {rb['read_gbps_dram']:.1f} GB/s at 256 MB (DRAM) | | GB/s above count "
+              f"one pass over X per iteration ({gb:.1f} GB per run); numpy's loop and a whole-batch step "
+              f"read X twice per iteration |")
 
     if "d" in groups:
         for key in GROUPS["d"]:
