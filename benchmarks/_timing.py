@@ -40,7 +40,7 @@ def merge_runs(runs: list[dict]) -> dict:
         return runs[0]
     merged = dict(runs[-1])
     for key, val in runs[0].items():
-        if key == "times" or (key == "final_loss" and isinstance(val, list)):
+        if key == "times" or key.endswith("_times") or (key == "final_loss" and isinstance(val, list)):
             merged[key] = [v for r in runs for v in r[key]]
         elif key == "compile":
             merged["compile"] = statistics.median(r["compile"] for r in runs)

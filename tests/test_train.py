@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcalc import DivergenceError, train
+from jaxcalc import DivergenceError, batchstep, train
 from jaxcalc.data import synthetic
 from jaxcalc.models.linear import init_linear, least_squares, mse_loss
 
@@ -136,7 +136,7 @@ def test_divergence_raises_with_location(method, batch_size, epoch, step):
 
 def test_divergence_on_a_quadratic(reg):
     data, _, p0 = reg
-    with pytest.raises(DivergenceError) as info:
+    with pytest.raises(DivergenceError, match="Try a smaller learning rate") as info:
         train.fit(mse_loss, p0, data, optimizer=optax.sgd(5.0), epochs=200)
     err = info.value
     assert np.isfinite(err.last_finite_loss)
@@ -302,3 +302,212 @@ def test_clip_noise_is_key_driven(reg):
     with pytest.raises(ValueError, match="batches of >= 2"):
         train.fit(mse_loss, p0, data, optimizer=optax.sgd(0.1), method="sgd", epochs=1,
                   key=jax.random.key(0), log_noise_scale=True)
+
+
+# ----------------------------------------------------------------- large batches: layout and chunks
+
+
+def _mlp_ce(params, batch):
+    from jaxcalc import losses
+    from jaxcalc.models.mlp import mlp_apply
+
+    return losses.cross_entropy(mlp_apply(params, batch["x"]), batch["y"])
+
+
+@pytest.fixture(scope="module")
+def cls():
+    from jaxcalc.models.mlp import init_mlp
+
+    data, _ = synthetic.blobs(jax.random.key(1), 13, num_classes=3, d=4)
+    return data, init_mlp(jax.random.key(2), (4, 6, 3))
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+SGD = optax.sgd(0.1)  # one optimizer object: fits with the same options share a compiled program
+
+
+@pytest.mark.parametrize("problem,method,batch_size", [
+    ("mse", "batch", None), ("cross_entropy", "minibatch", 9), ("mlp", "batch", None)])
+def test_chunked_step_equals_whole_batch_step(problem, method, batch_size, reg, cls):
+    if problem == "mse":
+        data, _, p0 = reg
+        loss = mse_loss
+    elif problem == "cross_entropy":  # a linear softmax classifier
+        from jaxcalc import losses
+
+        data, _ = cls
+        p0 = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+        loss = lambda p, b: losses.cross_entropy(b["x"] @ p["w"] + p["b"][None, :], b["y"])
+    else:
+        data, p0 = cls
+        loss = _mlp_ce
+    kw = dict(optimizer=SGD, method=method, batch_size=batch_size, epochs=4, key=jax.random.key(0),
+              history_every="step")
+    whole_p, whole_h = train.fit(loss, p0, data, chunked=False, **kw)
+    # chunks of 3 (several chunks per step, and a smaller last chunk): same result to float32 rounding
+    chunk_p, chunk_h = train.fit(loss, p0, data, chunked=True, chunk_size=3, **kw)
+    _assert_trees_close(chunk_p, whole_p)
+    np.testing.assert_allclose(chunk_h["step_loss"], whole_h["step_loss"], rtol=1e-5)
+    assert not np.allclose(whole_p["w"] if problem != "mlp" else whole_p[0][0],
+                           p0["w"] if problem != "mlp" else p0[0][0])  # it trained
+
+
+def test_auto_cuts_large_batch_data_into_chunks(monkeypatch):
+    # "auto" cuts method="batch" data of >= 2 chunks of SPLIT_CHUNK_L2 L2 caches; shrink the chunk so
+    # that this small problem qualifies, then compare with the whole-batch step
+    x = jax.random.normal(jax.random.key(5), (64, 3))
+    data = {"x": x, "y": (x[:, 0] > 0).astype(jnp.float32)}
+    p0 = init_linear(None, 3)
+    kw = dict(optimizer=SGD, epochs=5, full_loss=True)
+    ref_p, ref_h = train.fit(_logistic, p0, data, chunked=False, **kw)
+    monkeypatch.setattr(train, "SPLIT_CHUNK_L2", 300 / batchstep.cpu_cache_bytes()[0])  # 300-byte chunks
+    train._FIT_CACHE.clear()
+    train._compiled.cache_clear()
+    p, h = train.fit(_logistic, p0, data, **kw)
+    loop = next(v[1] for k, v in train._FIT_CACHE.items() if k[0] is _logistic)
+    how = loop.prepare(p0, data, allow_fold=True)
+    assert how.split == (16, 16, 16, 16) and how.fold == (True, False)  # 16 bytes per example
+    _assert_trees_close(p, ref_p, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(h["full_loss"], ref_h["full_loss"], rtol=1e-6)
+    train._FIT_CACHE.clear()
+    train._compiled.cache_clear()
+
+
+def test_chunked_falls_back_where_the_loss_is_not_a_mean(reg):
+    data, _, p0 = reg
+    summed = lambda p, b: jnp.sum((b["x"] @ p["w"] + p["b"] - b["y"]) ** 2)
+    kw = dict(optimizer=optax.sgd(0.01), epochs=3)
+    ref, _ = train.fit(summed, p0, data, chunked=False, **kw)
+    with pytest.warns(UserWarning, match="not provably a mean"):
+        got, _ = train.fit(summed, p0, data, chunked=True, chunk_size=3, **kw)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)  # the whole-batch step, bit for bit
+
+
+def _logistic(params, batch):
+    """Logistic regression whose loss checks its binary labels (as jaxcalc.losses do)."""
+    from jaxcalc import checks
+
+    z = batch["x"] @ params["w"] + params["b"]
+    y = batch["y"]
+    bad = (y < 0) | (y > 1)
+    checks.check_entries(bad, y, name="labels", condition="is not in [0, 1]")
+    return jnp.mean(checks.poison(jnp.logaddexp(0.0, z) - y * z, bad))
+
+
+def test_feature_major_layout_equals_layout_as_given():
+    x = jax.random.normal(jax.random.key(4), (64, 3))
+    data = {"x": x, "y": (x[:, 0] > 0).astype(jnp.float32)}
+    p0 = init_linear(None, 3)
+    kw = dict(optimizer=SGD, epochs=5, full_loss=True)
+    p_auto, h_auto = train.fit(_logistic, p0, data, **kw)  # X stored (3, 64): products on the transpose
+    p_given, h_given = train.fit(_logistic, p0, data, layout="as_given", **kw)
+    _assert_trees_close(p_auto, p_given, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(h_auto["loss"], h_given["loss"], rtol=1e-6)
+    np.testing.assert_allclose(h_auto["full_loss"], h_given["full_loss"], rtol=1e-6)
+    # the loss's value check still runs on the re-laid-out program
+    with pytest.raises(ValueError, match=r"labels\[5\] = 2\.0 is not in \[0, 1\]"):
+        train.fit(_logistic, p0, {"x": x, "y": data["y"].at[5].set(2.0)}, **kw)
+
+
+# ----------------------------------------------------------------- warm calls
+
+
+def test_warm_call_history_is_the_cold_calls(reg):
+    data, _, p0 = reg
+    kw = dict(optimizer=optax.sgd(0.05), method="minibatch", batch_size=4, epochs=3, key=jax.random.key(1),
+              history_every="step", full_loss=True, log_noise_scale=True)
+    train._FIT_CACHE.clear()
+    p1, h1 = train.fit(mse_loss, p0, data, **kw)  # cold: validates, compiles
+    p2, h2 = train.fit(mse_loss, p0, data, **kw)  # warm: cached options, data known finite
+    assert h1.keys() == h2.keys() == {"loss", "grad_norm", "noise_scale", "full_loss", "step_loss",
+                                      "step_grad_norm", "status", "steps_per_epoch", "stop_epoch", "stop_step",
+                                      "epochs_run", "last_finite_loss"}
+    for k in h1:
+        np.testing.assert_array_equal(h1[k], h2[k])
+    assert h1["step_loss"].shape == (9,) and h1["loss"].dtype == np.float32
+    _assert_trees_close(p1, p2, rtol=0, atol=0)
+    # the per-epoch path (callback) reports the same history
+    _, h3 = train.fit(mse_loss, p0, data, callback=lambda e, p, m: None, **kw)
+    for k in ("loss", "grad_norm", "noise_scale", "full_loss", "step_loss"):
+        np.testing.assert_allclose(h3[k], h1[k], rtol=1e-6)
+
+
+def test_numpy_data_is_checked_every_call_jax_arrays_once():
+    x = np.ones((5, 2), np.float32)
+    data = {"x": x, "y": np.ones(5, np.float32)}
+    kw = dict(optimizer=optax.sgd(0.1), epochs=1)
+    train.fit(mse_loss, init_linear(None, 2), data, **kw)
+    x[2, 1] = np.nan  # changed in place: a numpy array can be; the next call must see it
+    with pytest.raises(ValueError, match=r"\['x'\] holds 1 non-finite"):
+        train.fit(mse_loss, init_linear(None, 2), data, **kw)
+    good = jnp.ones((5, 2))
+    train.fit(mse_loss, init_linear(None, 2), {"x": good, "y": jnp.ones(5)}, **kw)
+    assert train._FINITE[id(good)]() is good  # remembered while it lives
+
+
+# ----------------------------------------------------------------- value checks inside the run
+
+
+def _softmax_ce(params, batch, check):
+    """Linear softmax classifier whose loss checks its labels (as jaxcalc.losses do) if ``check``."""
+    from jaxcalc import checks
+
+    logits = batch["x"] @ params["w"] + params["b"][None, :]
+    k, y = logits.shape[-1], batch["y"]
+    bad = (y < 0) | (y >= k)
+    if check:
+        checks.check_entries(bad, y, name="labels", condition=f"is outside the valid class range [0, {k})",
+                             noun="label(s)")
+    picked = jnp.take_along_axis(logits, jnp.clip(y, 0, k - 1)[:, None], axis=-1)[:, 0]
+    return jnp.mean(checks.poison(jax.nn.logsumexp(logits, axis=-1) - picked, bad))
+
+
+def _checked_softmax_ce(params, batch):
+    return _softmax_ce(params, batch, True)
+
+
+def _plain_softmax_ce(params, batch):
+    return _softmax_ce(params, batch, False)
+
+
+@pytest.mark.parametrize("method,batch_size", [("batch", None), ("sgd", None), ("minibatch", 5)])
+def test_bad_label_raises_naming_the_example(cls, method, batch_size):
+    data, _ = cls
+    p0 = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    kw = dict(optimizer=SGD, method=method, batch_size=batch_size, epochs=2, key=jax.random.key(0))
+    for label in (-1, 10):  # -1 used to train silently, 10 to end in a DivergenceError blaming the lr
+        bad = {"x": data["x"], "y": data["y"].at[7].set(label)}
+        msg = rf"labels\[7\] = {label} is outside the valid class range \[0, 3\) \(1 bad label\(s\) in all\)"
+        with pytest.raises(ValueError, match=msg):
+            train.fit(_checked_softmax_ce, p0, bad, **kw)
+    # valid labels: trains (same compiled program), as the same loss without its check does
+    _, h = train.fit(_checked_softmax_ce, p0, data, **kw)
+    assert h["status"] == "completed"
+    if method == "batch":
+        _, ref = train.fit(_plain_softmax_ce, p0, data, **kw)
+        np.testing.assert_array_equal(h["loss"], ref["loss"])
+
+
+def test_bad_label_in_sweep_and_lr_find(cls):
+    data, _ = cls
+    p0 = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    bad = {"x": data["x"], "y": data["y"].at[11].set(3)}
+    with pytest.raises(ValueError, match=r"labels\[11\] = 3 is outside"):
+        train.sweep(_checked_softmax_ce, p0, bad, make_optimizer=optax.sgd, learning_rates=[0.1, 0.2], epochs=2,
+                    method="minibatch", batch_size=5, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"labels\[11\] = 3 is outside"):
+        train.lr_find(_checked_softmax_ce, p0, bad, optimizer_fn=optax.sgd, steps=5, key=jax.random.key(0),
+                      batch_size=4)
+
+
+def test_nan_from_the_first_step_blames_the_data_not_the_learning_rate(reg):
+    data, _, p0 = reg
+    log_loss = lambda p, b: jnp.mean(jnp.log(b["x"] @ p["w"] + p["b"]))
+    with pytest.raises(DivergenceError, match="already non-finite at the initial parameters") as info:
+        train.fit(log_loss, p0, data, optimizer=optax.sgd(0.1), epochs=3)
+    assert "learning rate is not the cause" in str(info.value)
