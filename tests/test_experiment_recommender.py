@@ -102,9 +102,9 @@ for name, kw in cases.items():
                  "replicated": all(v.sharding.is_fully_replicated and len(v.sharding.device_set) == 8
                                    for v in fits[1].params.values())}
 table, mu = rec.pack(rec.init(jax.random.key(0), U, I, factors=3))
-args = parallel.replicate((table, rec._direction("adam").init(table), jax.random.key(2), mu,
+args = parallel.replicate((table, rec.gradient.optimizer_direction("adam").init(table), jax.random.key(2), mu,
                            train["user"], train["item"] + U, train["rating"]), mesh)
-hlo = rec._minibatch_epoch.lower(*args, np.float32(0.01), np.float32(0.05), np.float32(0.05),
+hlo = rec.gradient.minibatch_epoch.lower(*args, np.float32(0.01), np.float32(0.05), np.float32(0.05),
                                  optimizer="adam", batch_size=64, mesh=mesh).compile().as_text()
 out["all_reduce_in_epoch"] = "all-reduce" in hlo
 try:
