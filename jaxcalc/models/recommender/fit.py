@@ -3,6 +3,8 @@
 - ``"als"``: :mod:`~jaxcalc.models.recommender.als` (alternating least squares, closed form).
 - ``"minibatch"``, ``"fullbatch"``: :mod:`~jaxcalc.models.recommender.gradient` (optax).
 - ``"sgd"``: :mod:`~jaxcalc.models.recommender.funk_sgd` (Funk / Surprise per-rating SGD).
+- ``"bpmf"``: :mod:`~jaxcalc.models.recommender.bpmf` (Bayesian MF, Gibbs sampling; the result
+  is the posterior mean over the draws after ``burn_in``).
 
 ``fit`` validates the inputs, packs the parameters into one table, AOT-compiles the method's
 epoch program once (compile time reported apart), runs the epochs and unpacks the result.
@@ -17,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc import parallel
-from jaxcalc.models.recommender import als, funk_sgd, gradient
+from jaxcalc.models.recommender import als, bpmf, funk_sgd, gradient
 from jaxcalc.models.recommender.model import dense_ratings, init, pack, train_objective, unpack
 
-METHODS = ("als", "minibatch", "fullbatch", "sgd")
+METHODS = ("als", "bpmf", "minibatch", "fullbatch", "sgd")
 # The methods that run data-parallel over a ``jax.sharding`` mesh (``fit(..., mesh=...)``): their
 # steps are gradient steps on a batch mean, so the batch splits across devices and XLA
 # all-reduces the gradient. ALS solves one small system per user / item and per-rating SGD is
@@ -59,7 +61,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         epochs: int = 20, lr: float = 0.005, reg: float = 0.02, reg_bias: float | None = None,
         init_scale: float = 0.1, batch_size: int = 4096, optimizer: str = "adam",
         key, params: dict | None = None, on_epoch=None, chunk: int = 4096,
-        dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None) -> FitResult:
+        dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None, burn_in: int = 0,
+        noise_precision: float | None = 2.0) -> FitResult:
     """Fit :class:`BiasedMF` to training ratings.
 
     Args:
@@ -84,6 +87,10 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         use chunked scatter-adds (ALS) or gathers + one scatter-add (full batch).
       spectral_init: ALS (dense path, no ``params`` given) starts from the top singular
         vectors of the centred rating matrix (see ``als.spectral_init``).
+      burn_in: ``bpmf``: sweeps discarded before the draws that are averaged (``epochs`` counts
+        both).
+      noise_precision: ``bpmf``: the likelihood's precision ``α`` (Salakhutdinov & Mnih take 2),
+        or ``None`` to sample it too (Gamma(1, 1) prior).
       mesh: a 1-D ``jax.sharding.Mesh`` (``jaxcalc.parallel.make_mesh(N)``): data-parallel
         training for the methods in :data:`DATA_PARALLEL_METHODS`. Parameters and optimizer
         state are replicated; ``"minibatch"`` splits each batch of ratings across the devices
@@ -106,7 +113,11 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if reg < 0 or (reg_bias is not None and reg_bias < 0):
         raise ValueError(f"reg and reg_bias must be >= 0, got {reg}, {reg_bias}")
-    if lr <= 0 and method != "als":
+    if method == "bpmf" and not 0 <= burn_in < epochs:
+        raise ValueError(f"burn_in must be in [0, epochs) = [0, {epochs}), got {burn_in}")
+    if noise_precision is not None and not noise_precision > 0:
+        raise ValueError(f"noise_precision must be > 0 (or None: sampled), got {noise_precision}")
+    if lr <= 0 and method not in ("als", "bpmf"):
         raise ValueError(f"lr must be > 0, got {lr}")
     gradient.optimizer_direction(optimizer)
     if mesh is not None and mesh.size == 1:
@@ -147,7 +158,43 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         setup["compile"] += c
         return out
 
-    if method == "sgd":
+    def current(t):
+        """The parameters the fit stands at, from the packed table."""
+        return unpack(t, mu, num_users)
+
+    if method == "bpmf":
+        ju, ji = jnp.asarray(users), jnp.asarray(items)
+        mats = None
+        if num_users * num_items <= dense_limit:
+            mats = timed(bpmf.dense_inputs, ju, ji, r, mu, num_users=num_users, num_items=num_items)
+        sweep_keys = list(jax.random.split(k_shuffle, epochs))
+        alpha = [f32(2.0 if noise_precision is None else noise_precision)]
+        kept = [jnp.zeros((epochs - burn_in, num_users, factors + 1), f32),
+                jnp.zeros((epochs - burn_in, num_items, factors + 1), f32), 0]
+        exe, compile_s = _compiled(bpmf.gibbs_sweep, table, alpha[0], sweep_keys[0], mu, ju, ji, r, mats,
+                                   num_users=num_users, chunk=min(chunk, ratings.size),
+                                   sample_noise=noise_precision is None)
+        keep, c_keep = _compiled(bpmf.keep_draw, *kept[:2], table[:num_users], table[num_users:], 0)
+        mean_params, c_mean = _compiled(bpmf.posterior_mean_params, *kept[:2], 1, mu)
+        compile_s += c_keep + c_mean
+
+        def step(t, e):
+            t, alpha[0], xu, xi_mean, mse = exe(t, alpha[0], sweep_keys[e], mu, ju, ji, r, mats)
+            if e >= burn_in:
+                kept[0], kept[1] = keep(kept[0], kept[1], xu, xi_mean, e - burn_in)
+                kept[2] += 1
+            return t, mse
+
+        def posterior_mean(t):
+            """The posterior mean over the draws kept so far (in the burn-in: the draw itself)."""
+            if kept[2] == 0:
+                u, i = keep(jnp.zeros_like(kept[0]), jnp.zeros_like(kept[1]), t[:num_users], t[num_users:], 0)
+                return mean_params(u, i, 1, mu)
+            return mean_params(kept[0], kept[1], kept[2], mu)
+
+        current = posterior_mean
+
+    elif method == "sgd":
         args = (rows_u, rows_i, r, f32(lr), *hyper)
         exe, compile_s = _compiled(funk_sgd.sgd_epoch, table, mu, *args, unroll=4)
         step = lambda t, e: (exe(t, mu, *args), None)
@@ -202,9 +249,11 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         table, value = jax.block_until_ready(step(table, e))
         fit_s += time.perf_counter() - t0
         if on_epoch is not None:
-            metrics.append(on_epoch(e, unpack(table, mu, num_users)))
+            metrics.append(on_epoch(e, current(table)))
         history.append(value)
-    params = unpack(table, mu, num_users)
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(current(table))
+    fit_s += time.perf_counter() - t0
     if method == "sgd":  # the scan does not track the objective; evaluate it once at the end
         history[-1] = train_objective(table, mu, rows_u, rows_i, r, *hyper)
     history = np.asarray([np.nan if v is None else float(v) for v in history])
