@@ -36,11 +36,14 @@ class FitResult(NamedTuple):
     Attributes:
       params: fitted parameter dict.
       history: ``(epochs,) float`` training objective after each epoch (or its in-epoch mean
-        for the mini-batch methods); per-epoch evaluations are in ``epoch_metrics``.
+        for the mini-batch methods; ``bpmf``: the mean squared training error of each sweep's
+        draw); per-epoch evaluations are in ``epoch_metrics``.
       epoch_metrics: list of dicts from ``on_epoch`` (empty when none was given).
       fit_seconds: training wall time (epochs plus set-up such as ALS's spectral start),
         compilation excluded.
       compile_seconds: trace + compile time of the epoch and set-up programs.
+      details: method-specific facts (``bpmf``: ``samples`` averaged, ``burn_in``, and the
+        ``noise_precision`` after each sweep), else ``None``.
     """
 
     params: dict
@@ -48,6 +51,7 @@ class FitResult(NamedTuple):
     epoch_metrics: list
     fit_seconds: float
     compile_seconds: float
+    details: dict | None = None
 
 
 def _compiled(fn, *args, **kwargs):
@@ -63,28 +67,30 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         key, params: dict | None = None, on_epoch=None, chunk: int = 4096,
         dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None, burn_in: int = 0,
         noise_precision: float | None = 2.0) -> FitResult:
-    """Fit :class:`BiasedMF` to training ratings.
+    """Fit ``BiasedMF`` to training ratings.
 
     Args:
       train: ``{"user": (n,) int, "item": (n,) int, "rating": (n,) float}`` known indices.
       num_users, num_items: table sizes.
       method: one of :data:`METHODS`.
       factors, init_scale: model size and ``N(0, init_scale²)`` factor init.
-      epochs: passes over the data (ALS: sweeps; full batch: steps).
+      epochs: passes over the data (ALS: sweeps; full batch: steps; bpmf: Gibbs sweeps, burn-in
+        included).
       lr: step size (``sgd``: Surprise's ``lr_all``; mini-batch/full batch: the optax rate;
-        unused by ``als``).
-      reg, reg_bias: per-rating L2 weights (see :func:`loss`); ``sgd`` uses Surprise's
-        convention, which is the same objective halved.
+        unused by ``als`` and ``bpmf``).
+      reg, reg_bias: per-rating L2 weights (see ``model.loss``); ``sgd`` uses Surprise's
+        convention, which is the same objective halved; unused by ``bpmf`` (its priors are
+        learned).
       batch_size: ratings per mini-batch.
       optimizer: ``"adam"`` or ``"sgd"`` (mini-batch and full batch).
       key: ``jax.random.key`` for init and shuffling.
-      params: start from these instead of a fresh :func:`init`.
+      params: start from these instead of a fresh ``model.init``.
       on_epoch: optional ``f(epoch, params) -> dict`` called after each epoch (its time is
         excluded from ``fit_seconds``); the dicts are returned in ``epoch_metrics``.
-      chunk: sparse ALS accumulation chunk (memory ``chunk·(k+1)²`` floats).
-      dense_limit: ALS builds its normal equations, and full batch its gradient, with dense
-        ``(U, I)`` matrix products when ``U·I`` is at most this (ml-100k, ml-1m); bigger sets
-        use chunked scatter-adds (ALS) or gathers + one scatter-add (full batch).
+      chunk: sparse ALS / bpmf accumulation chunk (memory ``chunk·(k+1)²`` floats).
+      dense_limit: ALS and bpmf build their normal equations, and full batch its gradient, with
+        dense ``(U, I)`` matrix products when ``U·I`` is at most this (ml-100k, ml-1m); bigger
+        sets use chunked scatter-adds (ALS, bpmf) or gathers + one scatter-add (full batch).
       spectral_init: ALS (dense path, no ``params`` given) starts from the top singular
         vectors of the centred rating matrix (see ``als.spectral_init``).
       burn_in: ``bpmf``: sweeps discarded before the draws that are averaged (``epochs`` counts
@@ -101,11 +107,13 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         1-device mesh: the plain single-device program.
 
     Returns:
-      :class:`FitResult` (its ``params`` replicated over ``mesh`` when one is given).
+      :class:`FitResult` (its ``params`` replicated over ``mesh`` when one is given). For
+      ``bpmf`` the params are the posterior mean over the ``epochs − burn_in`` kept draws, a
+      biased-MF dict with ``(epochs − burn_in)·factors`` factor columns (``bpmf`` module).
 
     Raises:
-      ValueError: bad arguments, or a multi-device ``mesh`` with ``"als"`` / ``"sgd"`` (not
-        data-parallel: fit them without a mesh).
+      ValueError: bad arguments, or a multi-device ``mesh`` with ``"als"``, ``"bpmf"`` or
+        ``"sgd"`` (not data-parallel: fit them without a mesh).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -169,6 +177,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
             mats = timed(bpmf.dense_inputs, ju, ji, r, mu, num_users=num_users, num_items=num_items)
         sweep_keys = list(jax.random.split(k_shuffle, epochs))
         alpha = [f32(2.0 if noise_precision is None else noise_precision)]
+        alphas = []
         kept = [jnp.zeros((epochs - burn_in, num_users, factors + 1), f32),
                 jnp.zeros((epochs - burn_in, num_items, factors + 1), f32), 0]
         exe, compile_s = _compiled(bpmf.gibbs_sweep, table, alpha[0], sweep_keys[0], mu, ju, ji, r, mats,
@@ -180,6 +189,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
 
         def step(t, e):
             t, alpha[0], xu, xi_mean, mse = exe(t, alpha[0], sweep_keys[e], mu, ju, ji, r, mats)
+            alphas.append(alpha[0])
             if e >= burn_in:
                 kept[0], kept[1] = keep(kept[0], kept[1], xu, xi_mean, e - burn_in)
                 kept[2] += 1
@@ -257,4 +267,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     if method == "sgd":  # the scan does not track the objective; evaluate it once at the end
         history[-1] = train_objective(table, mu, rows_u, rows_i, r, *hyper)
     history = np.asarray([np.nan if v is None else float(v) for v in history])
-    return FitResult(params, history, metrics, fit_s, compile_s)
+    details = None
+    if method == "bpmf":
+        details = {"samples": epochs - burn_in, "burn_in": burn_in,
+                   "noise_precision": np.asarray([float(a) for a in alphas])}
+    return FitResult(params, history, metrics, fit_s, compile_s, details)
