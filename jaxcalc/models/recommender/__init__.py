@@ -15,7 +15,7 @@ Fitting methods (:func:`fit` dispatches on ``method``):
 
 Everything a user calls is importable from here: ``from jaxcalc.models import recommender as rec``.
 """
-from jaxcalc.models.recommender.fit import DATA_PARALLEL_METHODS, METHODS, FitResult, fit
+from jaxcalc.models.recommender.fitting import DATA_PARALLEL_METHODS, METHODS, FitResult, fit
 from jaxcalc.models.recommender.funk_sgd import SURPRISE_SVD, sgd_epoch
 from jaxcalc.models.recommender.model import (
     PARAM_KEYS,

@@ -153,16 +153,19 @@ def _stats_dense(mask, rmat, fixed, tri):
     """Dense path: ``Σ z zᵀ`` and ``Σ z y`` per row of ``mask``/``rmat`` ``(S, J)`` as GEMMs.
 
     ``y = (r − μ) − b_other``, so ``Σ z y = rmat @ z − mask @ (b_other z)``; only the
-    ``d(d+1)/2`` distinct Gram entries ``tri`` are multiplied, in the same GEMM.
+    ``d(d+1)/2`` distinct Gram entries (``tri = (rows, cols)`` of the upper triangle) are
+    multiplied, in the same GEMM, then gathered into the symmetric ``(S, d, d)``.
     """
     z = _with_one(fixed)
     d = z.shape[1]
     rows, cols = tri
-    cols_in = jnp.concatenate([z[:, rows] * z[:, cols], fixed[:, -1:] * z], axis=1)
-    both = mask @ cols_in
-    upper = jnp.zeros((mask.shape[0], d, d), z.dtype).at[:, rows, cols].set(both[:, : len(rows)])
-    gram = upper + jnp.triu(upper, 1).transpose(0, 2, 1)
-    return gram, rmat @ z - both[:, len(rows):]
+    n_tri = len(rows)
+    where = np.zeros((d, d), np.int32)
+    where[rows, cols] = np.arange(n_tri)
+    where = np.maximum(where, where.T)  # (j, l) and (l, j) read the same upper-triangle entry
+    both = mask @ jnp.concatenate([z[:, rows] * z[:, cols], fixed[:, -1:] * z], axis=1)
+    gram = jnp.take(both[:, :n_tri], where.ravel(), axis=1).reshape(mask.shape[0], d, d)
+    return gram, rmat @ z - both[:, n_tri:]
 
 
 def _stats_sparse(fixed_rows, target, seg, num_rows, chunk):
