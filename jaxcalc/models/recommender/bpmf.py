@@ -40,6 +40,12 @@ the posterior-mean predictor is itself a :class:`~jaxcalc.models.recommender.mod
 with ``S·k`` factors (:func:`posterior_mean_params`): ``predict``, ``evaluate`` and ``top_n``
 take it unchanged.
 
+A user or item without training ratings has the learned prior as posterior: its predicted
+bias is the prior mean ``m``. The returned dict centres each side's biases on their prior mean
+and adds both means to ``μ`` (:func:`keep_draw`), so ``predict``'s fallback for an unknown item,
+``μ + b_u``, gives ``μ + b_u + m_I`` (the factor term ``p_u·m_I`` is left out, as ``predict``
+leaves out factors for unknown rows).
+
 The per-row sums ``Σ_i z_i z_iᵀ`` and ``Σ_i z_i y_ui`` are matrix products with the dense
 ``(U, I)`` rating mask (only the ``d(d+1)/2`` distinct Gram entries) when the set is small enough,
 else chunked scatter-adds (:func:`~jaxcalc.models.recommender.als.gram_sparse`).
@@ -52,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcalc.models.recommender.als import gram_sparse
+from jaxcalc.models.recommender.als import gram_sparse, spectral_init
 from jaxcalc.models.recommender.model import dense_ratings
 
 BETA0 = 2.0  # Normal-Wishart prior strength on the mean (Salakhutdinov & Mnih 2008, section 4)
@@ -190,9 +196,10 @@ def gibbs_sweep(table, alpha, key, mu, users, items, ratings, dense_mats, *, num
       sample_noise: static; draw ``α`` (else it stays as given).
 
     Returns:
-      ``(table, alpha, users (U, d), item_means (I, d), train_mse)``: the new draw, ``α``, the
-      users' rows of the draw, the items' conditional means given them (for the
-      Rao-Blackwellised average), and the mean squared training error of the draw.
+      ``(table, alpha, users (U, d), item_means (I, d), bias_means (2,), train_mse)``: the new
+      draw, ``α``, the users' rows of the draw, the items' conditional means given them (for
+      the Rao-Blackwellised average), the sweep's prior means of the user and item biases
+      (``m_U``, ``m_I`` last entries), and the mean squared training error of the draw.
     """
     U = num_users
     n_items = table.shape[0] - U
@@ -224,7 +231,22 @@ def gibbs_sweep(table, alpha, key, mu, users, items, ratings, dense_mats, *, num
     if sample_noise:
         a0, b0 = NOISE_PRIOR
         alpha = jax.random.gamma(k_noise, a0 + ratings.shape[0] / 2.0, dtype=dt) / (b0 + sse / 2.0)
-    return jnp.concatenate([xu, xi], axis=0), alpha, xu, xi_mean, sse / ratings.shape[0]
+    bias_means = jnp.stack([m_u[-1], m_i[-1]])
+    return jnp.concatenate([xu, xi], axis=0), alpha, xu, xi_mean, bias_means, sse / ratings.shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("num_users",))
+def spectral_start(table, mask, rmat, key, *, num_users):
+    """The chain's start: item factors from ALS's spectral start (the top singular subspace of the
+    centred rating matrix at the scale of a balanced factorization, ``als.spectral_init``),
+    everything else zero; the first sweep then draws the users given those items.
+
+    A small random start instead leaves every prior precision ``Λ`` large at first (it is drawn
+    from the rows' spread), and the chain takes dozens of sweeps to climb out of that shrinkage
+    (measured: on ml-latest-small the posterior mean after 10 sweeps is 0.849 from N(0, 0.1²)
+    factors, 0.839 from this start).
+    """
+    return spectral_init(jnp.zeros_like(table), mask, rmat, key, num_users=num_users)
 
 
 @functools.partial(jax.jit, static_argnames=("num_users", "num_items"))
@@ -234,27 +256,39 @@ def dense_inputs(users, items, ratings, mu, *, num_users, num_items):
     return mask, rmat, mask.T, rmat.T
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def keep_draw(user_draws, item_means, users, items, slot):
-    """Write one sweep's user rows and item conditional means into slot ``slot`` of the
-    ``(S, U, d)`` / ``(S, I, d)`` buffers (donated: updated in place)."""
-    return user_draws.at[slot].set(users), item_means.at[slot].set(items)
+@functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+def keep_draw(user_draws, item_means, offsets, users, items, bias_means, slot):
+    """Keep one sweep: its user rows and item conditional means, biases centred on their prior
+    means, go to slot ``slot`` of the ``(S, U, d)`` / ``(S, I, d)`` buffers, and the sum of the
+    two prior means to ``offsets[slot]`` (all donated: updated in place).
+
+    Centring changes no prediction for a known pair (``b_u + b_i`` is unchanged once the offset
+    joins ``μ``), but makes ``predict``'s fallback for an unknown item, ``μ + b_u``, read
+    ``μ + b_u + m_I`` (the learned mean item bias), and likewise for an unknown user: the
+    posterior predictive's bias part for a new row drawn from the prior.
+    """
+    users = users.at[:, -1].add(-bias_means[0])
+    items = items.at[:, -1].add(-bias_means[1])
+    return (user_draws.at[slot].set(users), item_means.at[slot].set(items),
+            offsets.at[slot].set(bias_means[0] + bias_means[1]))
 
 
 @jax.jit
-def posterior_mean_params(user_draws, item_means, count, mu) -> dict:
+def posterior_mean_params(user_draws, item_means, offsets, count, mu) -> dict:
     """The Monte Carlo posterior-mean predictor as one biased-MF parameter dict.
 
     Args:
       user_draws: ``(S, U, d)`` user rows ``[p_u, b_u]``, one per kept sweep.
       item_means: ``(S, I, d)`` items' conditional means ``E[[q_i, b_i] | users, Θ_I]``.
+      offsets: ``(S,)`` what was taken off the biases (:func:`keep_draw`), added back to ``μ``.
       count: how many of the ``S`` slots are filled (the rest are zero and add nothing), so a
         chain in progress gives parameters of the same shape as the finished one.
       mu: the global mean.
 
     Returns:
       ``{"mu", "user_bias" (U,), "item_bias" (I,), "user_factors" (U, S·k), "item_factors"
-      (I, S·k)}`` whose ``predict`` is ``μ + (1/count) Σ_s (b_uˢ + b_iˢ + p_uˢ·q_iˢ)``.
+      (I, S·k)}`` whose ``predict`` is ``μ + (1/count) Σ_s (b_uˢ + b_iˢ + p_uˢ·q_iˢ)`` for known
+      pairs (``μ`` here includes the mean offset).
     """
     S, U, d = user_draws.shape
     n_items = item_means.shape[1]
@@ -264,6 +298,6 @@ def posterior_mean_params(user_draws, item_means, count, mu) -> dict:
     def concat(x, n):  # (S, n, d) -> (n, S·k), each sample's factors side by side
         return scale * jnp.transpose(x[:, :, :-1], (1, 0, 2)).reshape(n, S * (d - 1))
 
-    return {"mu": jnp.asarray(mu), "user_bias": jnp.sum(user_draws[:, :, -1], axis=0) / count,
+    return {"mu": mu + jnp.sum(offsets) / count, "user_bias": jnp.sum(user_draws[:, :, -1], axis=0) / count,
             "item_bias": jnp.sum(item_means[:, :, -1], axis=0) / count,
             "user_factors": concat(user_draws, U), "item_factors": concat(item_means, n_items)}

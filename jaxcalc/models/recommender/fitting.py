@@ -91,8 +91,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
       dense_limit: ALS and bpmf build their normal equations, and full batch its gradient, with
         dense ``(U, I)`` matrix products when ``U·I`` is at most this (ml-100k, ml-1m); bigger
         sets use chunked scatter-adds (ALS, bpmf) or gathers + one scatter-add (full batch).
-      spectral_init: ALS (dense path, no ``params`` given) starts from the top singular
-        vectors of the centred rating matrix (see ``als.spectral_init``).
+      spectral_init: ALS and bpmf (dense path, no ``params`` given) start from the top singular
+        vectors of the centred rating matrix (see ``als.spectral_init``, ``bpmf.spectral_start``).
       burn_in: ``bpmf``: sweeps discarded before the draws that are averaged (``epochs`` counts
         both).
       noise_precision: ``bpmf``: the likelihood's precision ``α`` (Salakhutdinov & Mnih take 2),
@@ -175,32 +175,39 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         mats = None
         if num_users * num_items <= dense_limit:
             mats = timed(bpmf.dense_inputs, ju, ji, r, mu, num_users=num_users, num_items=num_items)
+            if params_given is None and spectral_init:
+                table = timed(bpmf.spectral_start, table, *mats[:2], jax.random.fold_in(k_init, 1),
+                              num_users=num_users)
         sweep_keys = list(jax.random.split(k_shuffle, epochs))
         alpha = [f32(2.0 if noise_precision is None else noise_precision)]
         alphas = []
-        kept = [jnp.zeros((epochs - burn_in, num_users, factors + 1), f32),
-                jnp.zeros((epochs - burn_in, num_items, factors + 1), f32), 0]
+        S = epochs - burn_in  # draws kept: buffers for their rows, their bias offsets, and a count
+        kept = [jnp.zeros((S, num_users, factors + 1), f32), jnp.zeros((S, num_items, factors + 1), f32),
+                jnp.zeros((S,), f32), 0]
         exe, compile_s = _compiled(bpmf.gibbs_sweep, table, alpha[0], sweep_keys[0], mu, ju, ji, r, mats,
                                    num_users=num_users, chunk=min(chunk, ratings.size),
                                    sample_noise=noise_precision is None)
-        keep, c_keep = _compiled(bpmf.keep_draw, *kept[:2], table[:num_users], table[num_users:], 0)
-        mean_params, c_mean = _compiled(bpmf.posterior_mean_params, *kept[:2], 1, mu)
+        keep, c_keep = _compiled(bpmf.keep_draw, *kept[:3], table[:num_users], table[num_users:],
+                                 jnp.zeros((2,), f32), 0)
+        mean_params, c_mean = _compiled(bpmf.posterior_mean_params, *kept[:3], 1, mu)
         compile_s += c_keep + c_mean
 
         def step(t, e):
-            t, alpha[0], xu, xi_mean, mse = exe(t, alpha[0], sweep_keys[e], mu, ju, ji, r, mats)
+            t, alpha[0], xu, xi_mean, bias_means, mse = exe(t, alpha[0], sweep_keys[e], mu, ju, ji, r,
+                                                             mats)
             alphas.append(alpha[0])
             if e >= burn_in:
-                kept[0], kept[1] = keep(kept[0], kept[1], xu, xi_mean, e - burn_in)
-                kept[2] += 1
+                kept[:3] = keep(*kept[:3], xu, xi_mean, bias_means, e - burn_in)
+                kept[3] += 1
             return t, mse
 
         def posterior_mean(t):
             """The posterior mean over the draws kept so far (in the burn-in: the draw itself)."""
-            if kept[2] == 0:
-                u, i = keep(jnp.zeros_like(kept[0]), jnp.zeros_like(kept[1]), t[:num_users], t[num_users:], 0)
-                return mean_params(u, i, 1, mu)
-            return mean_params(kept[0], kept[1], kept[2], mu)
+            if kept[3] == 0:
+                draw = keep(*(jnp.zeros_like(a) for a in kept[:3]), t[:num_users], t[num_users:],
+                            jnp.zeros((2,), f32), 0)
+                return mean_params(*draw, 1, mu)
+            return mean_params(*kept, mu)
 
         current = posterior_mean
 
