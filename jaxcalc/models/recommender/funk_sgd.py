@@ -23,6 +23,17 @@ import jax.numpy as jnp
 SURPRISE_SVD = dict(method="sgd", factors=100, epochs=20, lr=0.005, reg=0.02, init_scale=0.1)
 
 
+# XLA's CPU compiler splits an elementwise, gather or scatter kernel over 2 threads once the array
+# it touches exceeds 2 x 256 KB (``ParallelTaskAssigner``'s L2-sized minimum per thread). Here that
+# array is the whole packed table, so past ~512 KB (ml-latest-small: k >= 13) every rating step pays
+# a thread-pool hand-off for a 2-row update: measured 0.15-0.3 us per rating at k <= 12, 2.5-5 us
+# at k >= 13. Reading the two rows with dynamic slices, whose (k+1,) outputs cannot be split,
+# leaves only the scatter split and brings k = 100 to ~1 us; below the threshold one 2-row gather
+# is the fewer kernels. The write stays one 2-row scatter: two dynamic-update-slices would not
+# update the table in place (XLA copies it every step).
+SPLIT_BYTES = 2 * 256 * 1024
+
+
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=("unroll",))
 def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: int = 1):
     """One epoch of Funk / Surprise SGD, one rating per step, in the given order.
@@ -41,14 +52,20 @@ def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: 
     k = table.shape[1] - 1
     lr = jnp.asarray(lr, table.dtype)
     shrink = 1.0 - lr * jnp.concatenate([jnp.full((k,), reg, table.dtype), jnp.full((1,), reg_bias, table.dtype)])
+    bias_col = jnp.zeros((k + 1,), table.dtype).at[k].set(1.0)  # the gradient of r̂ in the bias column is 1
+    slices = table.size * table.dtype.itemsize > SPLIT_BYTES
 
     def step(t, x):
         ru, ri, r = x
         idx = jnp.stack([ru, ri])
-        rows = t[idx]  # (2, k+1)
+        if slices:  # see SPLIT_BYTES
+            rows = jnp.stack([jax.lax.dynamic_index_in_dim(t, ru, keepdims=False),
+                              jax.lax.dynamic_index_in_dim(t, ri, keepdims=False)])
+        else:
+            rows = t[idx]  # (2, k+1)
         e = r - (mu + rows[0, k] + rows[1, k] + jnp.dot(rows[0, :k], rows[1, :k]))
         # gradient direction: the other row's factors, and 1 for the bias column
-        other = rows[::-1].at[:, k].set(1.0)
+        other = rows[::-1] * (1.0 - bias_col)[None, :] + bias_col[None, :]
         new = rows * shrink[None, :] + (lr * e) * other
         return t.at[idx].set(new, unique_indices=True), None
 
