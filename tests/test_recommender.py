@@ -100,6 +100,18 @@ def test_per_rating_sgd_matches_numpy_reference(small):
     assert np.isfinite(res.history[-1])
 
 
+@pytest.mark.parametrize("slice_rows", [False, True])  # one 2-row gather, or two dynamic slices (big tables)
+def test_sgd_epoch_row_reads_match_numpy_reference(small, slice_rows):
+    batch, params = small
+    table, mu = rec.pack(params)
+    out = rec.sgd_epoch(table, mu, batch["user"], batch["item"] + 30, batch["rating"], 0.05, 0.02, 0.02,
+                        unroll=2, slice_rows=slice_rows)
+    want = surprise_sgd_reference(np_params(params), batch, lr=0.05, reg=0.02, epochs=1)
+    got = rec.unpack(out, mu, 30)
+    for name in ("user_bias", "item_bias", "user_factors", "item_factors"):
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
 def test_one_sgd_step_is_half_the_loss_gradient(small):
     batch, params = small
     one = {k: v[:1] for k, v in batch.items()}

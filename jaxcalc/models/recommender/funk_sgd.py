@@ -34,8 +34,9 @@ SURPRISE_SVD = dict(method="sgd", factors=100, epochs=20, lr=0.005, reg=0.02, in
 SPLIT_BYTES = 2 * 256 * 1024
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("unroll",))
-def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: int = 1):
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("unroll", "slice_rows"))
+def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: int = 1,
+              slice_rows: bool | None = None):
     """One epoch of Funk / Surprise SGD, one rating per step, in the given order.
 
     Args:
@@ -45,6 +46,8 @@ def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: 
       ratings: ``(n,) float32``.
       lr, reg, reg_bias: scalars (traced: changing them does not recompile).
       unroll: scan steps per loop iteration (static).
+      slice_rows: read the two rows with dynamic slices (True) or one gather (False); ``None``:
+        slices when the table is over ``SPLIT_BYTES`` (static; the result is the same).
 
     Returns:
       the updated table.
@@ -53,7 +56,7 @@ def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: 
     lr = jnp.asarray(lr, table.dtype)
     shrink = 1.0 - lr * jnp.concatenate([jnp.full((k,), reg, table.dtype), jnp.full((1,), reg_bias, table.dtype)])
     bias_col = jnp.zeros((k + 1,), table.dtype).at[k].set(1.0)  # the gradient of r̂ in the bias column is 1
-    slices = table.size * table.dtype.itemsize > SPLIT_BYTES
+    slices = table.size * table.dtype.itemsize > SPLIT_BYTES if slice_rows is None else slice_rows
 
     def step(t, x):
         ru, ri, r = x
