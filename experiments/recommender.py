@@ -233,7 +233,8 @@ def _seen(train):
 # --------------------------------------------------------------------------- fitting
 
 
-def _fit(train, s: dict, key, *, reg, on_epoch=None, epochs=None, mesh=None):
+def fit_model(train, s: dict, key, *, reg, on_epoch=None, epochs=None, mesh=None):
+    """``rec.fit`` on a :class:`~jaxcalc.data.movielens.Ratings` with the settings ``s`` (:func:`settings`)."""
     from jaxcalc.models import recommender as rec
 
     extra = {k: s[k] for k in ("burn_in", "noise_precision") if k in s}
@@ -281,7 +282,7 @@ def select_reg(train, s: dict, key, *, grid=REG_GRID, fraction: float = 0.1, mes
     seen_u, seen_i = _seen(fit_part)
     scores = {}
     for reg in grid:
-        res = _fit(fit_part, s, jax.random.fold_in(key, 1), reg=reg, mesh=mesh)
+        res = fit_model(fit_part, s, jax.random.fold_in(key, 1), reg=reg, mesh=mesh)
         scores[reg] = rec.evaluate(res.params, val.as_batch(), scale=_scale(train),
                                    seen_users=seen_u, seen_items=seen_i)["rmse"]
     return min(scores, key=scores.get), scores, time.perf_counter() - t0
@@ -337,12 +338,12 @@ def _one_fold(train, test, expected, s, reg, key, writer, fold, mesh=None):
         writer.log(**row)
         return row
 
-    res = _fit(train, s, key, reg=reg, on_epoch=on_epoch, mesh=mesh)
+    res = fit_model(train, s, key, reg=reg, on_epoch=on_epoch, mesh=mesh)
     ev = rec.evaluate(res.params, teb, scale=scale, seen_users=seen_u, seen_items=seen_i)
     mu = float(train.ratings.mean())
     global_rmse = float(np.sqrt(np.mean((np.clip(mu, *scale) - test.ratings) ** 2)))
     if s["method"] == "bpmf":  # the biases-only model fitted the same way: its priors learned too
-        bias = _fit(train, dict(s, factors=0), jax.random.fold_in(key, 7), reg=None)
+        bias = fit_model(train, dict(s, factors=0), jax.random.fold_in(key, 7), reg=None)
     else:
         bias_reg = s["reg_bias"] if s["reg_bias"] is not None else reg
         bias = rec.fit(tb, train.num_users, train.num_items, method="als", factors=0, epochs=5, reg=bias_reg,
