@@ -144,11 +144,16 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     reg_bias = reg if reg_bias is None else reg_bias
     k_init, k_shuffle = jax.random.split(key)
     params_given = params
-    if params is None:
-        params = init(k_init, num_users, num_items, factors=factors, init_scale=init_scale,
-                      global_mean=float(ratings.mean()))
-    table, mu = pack(params)
     f32 = jnp.float32
+    spectral_start = (method == "bpmf" and params is None and spectral_init
+                      and num_users * num_items <= dense_limit)
+    if spectral_start:  # the chain starts at bpmf.spectral_start: no random draw to make
+        table, mu = jnp.zeros((num_users + num_items, factors + 1), f32), f32(ratings.mean())
+    else:
+        if params is None:
+            params = init(k_init, num_users, num_items, factors=factors, init_scale=init_scale,
+                          global_mean=float(ratings.mean()))
+        table, mu = pack(params)
     rows_u = jnp.asarray(users)
     rows_i = jnp.asarray(items + num_users)
     r = jnp.asarray(ratings)
@@ -175,7 +180,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         mats = None
         if num_users * num_items <= dense_limit:
             mats = timed(bpmf.dense_inputs, ju, ji, r, mu, num_users=num_users, num_items=num_items)
-            if params_given is None and spectral_init:
+            if spectral_start:
                 table = timed(bpmf.spectral_start, table, *mats[:2], jax.random.fold_in(k_init, 1),
                               num_users=num_users)
         sweep_keys = list(jax.random.split(k_shuffle, epochs))
