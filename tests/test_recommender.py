@@ -330,6 +330,21 @@ def test_dense_and_sparse_statistics_match_numpy(small):
         np.testing.assert_allclose(got[1], rhs, rtol=1e-5, atol=1e-5)
 
 
+def test_bpmf_start_biases_are_mean_residuals(small):
+    """Items' mean of r − μ, then users' mean of r − μ − b_i (numpy); users' factors zero, items' factors
+    of full rank k = 4 (the spectral start's subspace)."""
+    batch, _ = small
+    u, i, r = batch["user"], batch["item"], batch["rating"].astype(np.float64)
+    mu = r.mean()
+    mask, rmat, _, _ = bpmf.dense_inputs(u, i, batch["rating"], np.float32(mu), num_users=30, num_items=20)
+    start = np.asarray(bpmf.spectral_start(jnp.zeros((50, 5)), mask, rmat, jax.random.key(0), num_users=30))
+    bi = np.bincount(i, r - mu, minlength=20) / np.maximum(np.bincount(i, minlength=20), 1)
+    bu = np.bincount(u, r - mu - bi[i], minlength=30) / np.maximum(np.bincount(u, minlength=30), 1)
+    np.testing.assert_allclose(start[30:, -1], bi, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(start[:30, -1], bu, rtol=1e-5, atol=1e-6)
+    assert not np.any(start[:30, :-1]) and np.linalg.matrix_rank(start[30:, :-1]) == 4
+
+
 def test_posterior_mean_params_predict_the_average_of_the_draws():
     rng = np.random.default_rng(3)
     S, U, n_items, d = 4, 5, 6, 3
