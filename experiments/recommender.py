@@ -6,21 +6,25 @@ matrix factorization ``r̂ = μ + b_u + b_i + p_u·q_i`` (``jaxcalc.models.recom
 The default method, ``bpmf``, is Bayesian probabilistic matrix factorization (Salakhutdinov &
 Mnih 2008): a Gibbs sampler over the factors, biases and their Normal-Wishart priors, whose
 prediction is the posterior mean over the draws after a burn-in. Its priors are learned from the
-data, so nothing is chosen on a validation split. The other methods (``als``, ``minibatch``,
-``fullbatch``, ``sgd``) minimise the L2-regularised squared error.
+data, so nothing is chosen on a validation split; the noise precision is fixed at the paper's 2 for
+star ratings (``--noise-precision``), or sampled too with ``--sample-noise`` for other scales. The
+summary reports ``samples`` (draws averaged), ``burn_in`` and ``noise_precision``. The other methods
+(``als``, ``minibatch``, ``fullbatch``, ``sgd``) minimise the L2-regularised squared error.
 
 Data: ``--ratings PATH`` (a MovieLens ``u.data`` / ``ratings.dat`` / ``ratings.csv``, split
 80/20 at random by ``--seed``), or ``--train PATH --test PATH`` (as ml-100k's ``u1.base`` /
 ``u1.test``); without either, synthetic MovieLens-like ratings from a known low-rank model,
 and the test RMSE is reported beside the noise floor (the RMSE of the true expected rating).
 
-Beside the model the summary reports the global-mean predictor and the biases-only model,
+Beside the model the summary reports the global-mean predictor and the biases-only model (fitted
+the same way: Bayesian for bpmf, else ALS),
 precision@10 / recall@10 (top 10 among each test user's unrated items; relevant = held-out
 rating >= 4), and the counts of test ratings whose user or item is unseen in training.
 
 For the optimising methods, ``--reg`` left out picks the L2 weight on a validation split carved
 from the TRAINING data (never the test set); ``--preset surprise`` reproduces Surprise's ``SVD``
-(per-rating SGD, 100 factors, 20 epochs, lr 0.005, reg 0.02, init N(0, 0.1)).
+(per-rating SGD, 100 factors, 20 epochs, lr 0.005, reg 0.02, init N(0, 0.1)). ``fit_seconds`` is the
+final fit, ``total_fit_seconds`` adds the choice of ``reg`` (compilation apart, in ``compile_seconds``).
 
 ``--devices N`` trains data-parallel on N devices (``jaxcalc.parallel``: parameters and
 optimizer state replicated, each batch of ratings split across the devices, the gradient
