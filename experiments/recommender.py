@@ -24,7 +24,8 @@ rating >= 4), and the counts of test ratings whose user or item is unseen in tra
 For the optimising methods, ``--reg`` left out picks the L2 weight on a validation split carved
 from the TRAINING data (never the test set); ``--preset surprise`` reproduces Surprise's ``SVD``
 (per-rating SGD, 100 factors, 20 epochs, lr 0.005, reg 0.02, init N(0, 0.1)). ``fit_seconds`` is the
-final fit, ``total_fit_seconds`` adds the choice of ``reg`` (compilation apart, in ``compile_seconds``).
+final fit (compilation apart, in ``compile_seconds``); ``total_fit_seconds`` adds the wall time of
+choosing ``reg`` (its fits' compilation included).
 
 ``--devices N`` trains data-parallel on N devices (``jaxcalc.parallel``: parameters and
 optimizer state replicated, each batch of ratings split across the devices, the gradient
