@@ -62,7 +62,7 @@ from jaxcalc.models.recommender.als import gram_sparse, spectral_init
 from jaxcalc.models.recommender.model import dense_ratings
 
 BETA0 = 2.0  # Normal-Wishart prior strength on the mean (Salakhutdinov & Mnih 2008, section 4)
-NOISE_PRIOR = (1.0, 1.0)  # Gamma(shape, rate) prior on α when it is sampled
+NOISE_PRIOR = (1.0, 1.0)  # Gamma(shape, rate) prior on α when it is sampled (gibbs_sweep relies on shape 1)
 
 
 def wishart(chol_inv_scale, df: int, eps_chi, eps_lower):
@@ -228,9 +228,10 @@ def gibbs_sweep(table, alpha, key, mu, users, items, ratings, dense_mats, *, num
     ru, ri = xu[users], xi[items]
     err = ratings - (mu + ru[:, -1] + ri[:, -1] + jnp.sum(ru[:, :-1] * ri[:, :-1], axis=1))
     sse = jnp.sum(err * err)
-    if sample_noise:
-        a0, b0 = NOISE_PRIOR
-        alpha = jax.random.gamma(k_noise, a0 + ratings.shape[0] / 2.0, dtype=dt) / (b0 + sse / 2.0)
+    if sample_noise:  # α ~ Gamma(1 + n/2, rate 1 + SSE/2) = χ²(n + 2) / (2 + SSE), the χ² as a sum of squares
+        _a0, b0 = NOISE_PRIOR  # (shape a0 = 1 makes the degrees of freedom the integer n + 2)
+        chi = jax.random.normal(k_noise, (ratings.shape[0] + 2,), dt)
+        alpha = jnp.sum(chi * chi) / (2.0 * b0 + sse)
     bias_means = jnp.stack([m_u[-1], m_i[-1]])
     return jnp.concatenate([xu, xi], axis=0), alpha, xu, xi_mean, bias_means, sse / ratings.shape[0]
 
