@@ -6,9 +6,9 @@ matrix factorization ``r̂ = μ + b_u + b_i + p_u·q_i`` (``jaxcalc.models.recom
 The default method, ``bpmf``, is Bayesian probabilistic matrix factorization (Salakhutdinov &
 Mnih 2008): a Gibbs sampler over the factors, biases and their Normal-Wishart priors, whose
 prediction is the posterior mean over the draws after a burn-in. Its priors are learned from the
-data, so nothing is chosen on a validation split; the noise precision is fixed at the paper's 2 for
-star ratings (``--noise-precision``), or sampled too with ``--sample-noise`` for other scales. The
-summary reports ``samples`` (draws averaged), ``burn_in`` and ``noise_precision``. The other methods
+data, so nothing is chosen on a validation split; the noise precision ``α`` is sampled too (or
+fixed with ``--noise-precision``, the paper's 2 for star ratings). The summary reports ``samples``
+(draws averaged), ``burn_in`` and ``noise_precision`` (the mean of the kept draws of ``α``). The other methods
 (``als``, ``minibatch``, ``fullbatch``, ``sgd``) minimise the L2-regularised squared error.
 
 Data: ``--ratings PATH`` (a MovieLens ``u.data`` / ``ratings.dat`` / ``ratings.csv``, split
@@ -85,10 +85,9 @@ class Config:
       epochs: passes (bpmf: Gibbs sweeps including the burn-in; als: sweeps; fullbatch: steps);
         default per method (bpmf 20, als 8, minibatch 15, fullbatch 200, sgd 20).
       burn_in: bpmf: sweeps discarded before averaging (default 1), in ``[0, epochs)``.
-      noise_precision: bpmf: the likelihood's precision ``α`` (rating noise variance ``1/α``;
-        Salakhutdinov & Mnih's 2 for star ratings), > 0.
-      sample_noise: bpmf: sample ``α`` too (Gamma(1, 1) prior) instead of fixing it; for
-        rating scales unlike 1–5 stars.
+      noise_precision: bpmf: fix the likelihood's precision ``α`` (rating noise variance ``1/α``;
+        Salakhutdinov & Mnih took 2 for star ratings), > 0; default: sampled with the rest
+        (Gamma(1, 1) prior).
       lr: step size of the gradient methods (default per method: sgd 0.005, minibatch 0.01,
         fullbatch 0.05), > 0.
       reg: L2 weight per rating of the optimising methods (default: chosen on a 10% validation
@@ -117,10 +116,8 @@ class Config:
     epochs: int | None = dataclasses.field(default=None, metadata={"help": "passes (default per method)"})
     burn_in: int | None = dataclasses.field(
         default=None, metadata={"help": "bpmf: sweeps discarded before averaging (default 1)"})
-    noise_precision: float = dataclasses.field(
-        default=2.0, metadata={"help": "bpmf: likelihood precision alpha (1 / noise variance)"})
-    sample_noise: bool = dataclasses.field(
-        default=False, metadata={"help": "bpmf: sample alpha (Gamma(1, 1) prior) instead of fixing it"})
+    noise_precision: float | None = dataclasses.field(
+        default=None, metadata={"help": "bpmf: fix the likelihood precision alpha (default: sampled)"})
     lr: float | None = dataclasses.field(default=None, metadata={"help": "step size (default per method)"})
     reg: float | None = dataclasses.field(
         default=None, metadata={"help": "L2 weight (default: chosen on a validation split of the training data)"})
@@ -154,7 +151,7 @@ class Config:
             raise ValueError("--folds needs --ratings (or synthetic data), not a given --train/--test pair")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.noise_precision > 0:
+        if self.noise_precision is not None and not self.noise_precision > 0:
             raise ValueError(f"noise_precision must be > 0, got {self.noise_precision}")
         for name in ("reg", "reg_bias"):
             v = getattr(self, name)
@@ -197,7 +194,7 @@ def settings(config: Config) -> dict:
         burn_in = min(DEFAULT_BURN_IN, s["epochs"] - 1) if config.burn_in is None else config.burn_in
         if burn_in >= s["epochs"]:
             raise ValueError(f"burn_in must be < epochs, got burn_in {burn_in}, epochs {s['epochs']}")
-        s.update(burn_in=burn_in, noise_precision=None if config.sample_noise else config.noise_precision)
+        s.update(burn_in=burn_in, noise_precision=config.noise_precision)
     return s
 
 

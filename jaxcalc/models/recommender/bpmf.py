@@ -11,7 +11,10 @@ row ``x_u = [p_u, b_u]`` and each item a row ``x_i = [q_i, b_i]`` (``d = k + 1``
 
 so the regularisation of every user and item, and of each factor direction, is learned from
 the data (no ``reg`` to choose by validation). The noise precision ``α`` is fixed (the paper
-takes 2) or, with ``noise_precision=None``, sampled too under a Gamma(1, 1) prior.
+takes 2) or, with ``noise_precision=None`` (``fit``'s default), sampled too under a Gamma(1, 1)
+prior: a fixed 2 overfits ratings noisier than that (synthetic 1–5 stars with noise σ = 0.9: test
+RMSE 0.921 fixed, 0.911 sampled, α settling at 1.3 ≈ 1/0.9²), and the sampled one costs nothing on
+ml-latest-small (0.838 either way).
 
 One Gibbs sweep (:func:`gibbs_sweep`) samples, in turn:
 

@@ -66,7 +66,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         init_scale: float = 0.1, batch_size: int = 4096, optimizer: str = "adam",
         key, params: dict | None = None, on_epoch=None, chunk: int = 4096,
         dense_limit: int = 2 ** 25, spectral_init: bool = True, mesh=None, burn_in: int = 0,
-        noise_precision: float | None = 2.0) -> FitResult:
+        noise_precision: float | None = None) -> FitResult:
     """Fit ``BiasedMF`` to training ratings.
 
     Args:
@@ -95,8 +95,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
         vectors of the centred rating matrix (see ``als.spectral_init``, ``bpmf.spectral_start``).
       burn_in: ``bpmf``: sweeps discarded before the draws that are averaged (``epochs`` counts
         both).
-      noise_precision: ``bpmf``: the likelihood's precision ``α`` (Salakhutdinov & Mnih take 2),
-        or ``None`` to sample it too (Gamma(1, 1) prior).
+      noise_precision: ``bpmf``: ``None`` samples the likelihood's precision ``α`` with the rest
+        (Gamma(1, 1) prior; the first sweep uses 2), a number fixes it (Salakhutdinov & Mnih took 2).
       mesh: a 1-D ``jax.sharding.Mesh`` (``jaxcalc.parallel.make_mesh(N)``): data-parallel
         training for the methods in :data:`DATA_PARALLEL_METHODS`. Parameters and optimizer
         state are replicated; ``"minibatch"`` splits each batch of ratings across the devices
