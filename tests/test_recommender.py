@@ -343,6 +343,12 @@ def test_bpmf_start_biases_are_mean_residuals(small):
     np.testing.assert_allclose(start[30:, -1], bi, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(start[:30, -1], bu, rtol=1e-5, atol=1e-6)
     assert not np.any(start[:30, :-1]) and np.linalg.matrix_rank(start[30:, :-1]) == 4
+    # the same start from per-rating segment sums (sets too big for the dense matrices)
+    sparse = np.asarray(bpmf.sparse_start(jnp.zeros((50, 5)), u, i, batch["rating"] - np.float32(mu),
+                                          jax.random.key(0), num_users=30))
+    np.testing.assert_allclose(sparse[:, -1], start[:, -1], rtol=1e-5, atol=1e-6)
+    items_gram = start[30:, :-1] @ start[30:, :-1].T  # invariant to the sign of each singular vector
+    np.testing.assert_allclose(sparse[30:, :-1] @ sparse[30:, :-1].T, items_gram, rtol=1e-3, atol=1e-4)
 
 
 def test_posterior_mean_params_predict_the_average_of_the_draws():

@@ -81,27 +81,39 @@ def spectral_init(table, mask, rmat, key, *, num_users):
     (``R_full ≈ R_zero_filled / density``). The first ALS half-sweep solves the users exactly
     given these, so only their span matters; starting there skips the slow climb out of
     the near-zero random start that strong regularisation otherwise causes."""
-    U = num_users
     k = table.shape[1] - 1
     if k == 0:
         return table
-    density = jnp.maximum(jnp.mean(mask), 1e-12)
+    items = spectral_items(lambda x: rmat @ x, lambda y: rmat.T @ y, rmat.shape[1], k, jnp.mean(mask), key,
+                           rmat.dtype)
+    return table.at[num_users:, :k].set(items)
+
+
+def spectral_items(apply, apply_t, num_items: int, k: int, density, key, dtype):
+    """The items of :func:`spectral_init` given the products with the zero-filled ``(U, I)`` matrix
+    ``R``: ``apply(X) = R X`` for ``X (I, m)``, ``apply_t(Y) = Rᵀ Y`` for ``Y (U, m)`` (dense
+    matrix products, or per-rating sums on sets too big to hold densely).
+
+    Returns:
+      ``(I, k)`` items: the top-``k`` right singular vectors of ``R`` scaled by
+      ``√(σ / density)``.
+    """
+    density = jnp.maximum(density, 1e-12)
 
     def orthonormal(Y):  # via eigh of the small Gram matrix; tiny directions are clamped, not NaN
         lam, V = jnp.linalg.eigh(Y.T @ Y)
         lam = jnp.maximum(lam, 1e-6 * lam[-1] + 1e-30)
         return Y @ (V / jnp.sqrt(lam)[None, :])
 
-    Y = rmat.T @ (rmat @ jax.random.normal(key, (rmat.shape[1], k + 5), rmat.dtype))
+    Y = apply_t(apply(jax.random.normal(key, (num_items, k + 5), dtype)))
     for _ in range(2):
-        Y = rmat.T @ (rmat @ orthonormal(Y))
-    Y = orthonormal(Y)  # (I, k+5): ≈ the top right singular subspace of rmat
-    RY = rmat @ Y
+        Y = apply_t(apply(orthonormal(Y)))
+    Y = orthonormal(Y)  # (I, k+5): ≈ the top right singular subspace of R
+    RY = apply(Y)
     lam, W = jnp.linalg.eigh(RY.T @ RY)  # Rayleigh–Ritz: singular values² and rotations
     lam, W = lam[::-1][:k], W[:, ::-1][:, :k]
     sv = jnp.sqrt(jnp.maximum(lam, 0.0))
-    items = (Y @ W) * jnp.sqrt(sv / density)[None, :]
-    return table.at[U:, :k].set(items)
+    return (Y @ W) * jnp.sqrt(sv / density)[None, :]
 
 
 @functools.partial(jax.jit, static_argnames=("num_users", "chunk"), donate_argnums=0)

@@ -34,6 +34,11 @@ One Gibbs sweep (:func:`gibbs_sweep`) samples, in turn:
 3. ``Θ_I``, then every item row given the users, likewise;
 4. ``α ~ Gamma(1 + n/2, 1 + SSE/2)`` when it is sampled.
 
+The chain starts at :func:`spectral_start` (biases at the mean residuals, item factors from the
+spectral start of the residual; :func:`sparse_start` computes the same from the ratings on sets too
+big for the dense matrices), close to where it settles: one sweep of burn-in is enough on
+MovieLens.
+
 Prediction averages over the ``S`` sweeps after the burn-in. The item side is Rao-Blackwellised
 (Casella & Robert 1996): each sweep contributes ``p_u·E[q_i | users, Θ_I]``, the conditional
 mean the sampler computes anyway, in place of the draw ``p_u·q_i``, which has the same
@@ -61,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcalc.models.recommender.als import gram_sparse, spectral_init
+from jaxcalc.models.recommender.als import gram_sparse, spectral_init, spectral_items
 from jaxcalc.models.recommender.model import dense_ratings
 
 BETA0 = 2.0  # Normal-Wishart prior strength on the mean (Salakhutdinov & Mnih 2008, section 4)
@@ -264,6 +269,29 @@ def spectral_start(table, mask, rmat, key, *, num_users):
     resid = rmat - mask * (user_bias[:, None] + item_bias[None, :])
     start = spectral_init(jnp.zeros_like(table), mask, resid, key, num_users=U)
     return start.at[:U, -1].set(user_bias).at[U:, -1].set(item_bias)
+
+
+@functools.partial(jax.jit, static_argnames=("num_users",))
+def sparse_start(table, users, items, centred, key, *, num_users):
+    """:func:`spectral_start` from the ratings themselves (``centred = r − μ`` per rating), for sets
+    too big for the dense ``(U, I)`` matrices: the sums over a row or column become segment sums
+    over the ratings."""
+    U = num_users
+    n_items = table.shape[0] - U
+    k = table.shape[1] - 1
+    ones = jnp.ones_like(centred)
+    item_bias = (jax.ops.segment_sum(centred, items, n_items)
+                 / jnp.maximum(jax.ops.segment_sum(ones, items, n_items), 1.0))
+    left = centred - item_bias[items]
+    user_bias = jax.ops.segment_sum(left, users, U) / jnp.maximum(jax.ops.segment_sum(ones, users, U), 1.0)
+    resid = left - user_bias[users]
+    start = jnp.zeros_like(table).at[:U, -1].set(user_bias).at[U:, -1].set(item_bias)
+    if k == 0:
+        return start
+    factors = spectral_items(lambda x: jax.ops.segment_sum(resid[:, None] * x[items], users, U),
+                             lambda y: jax.ops.segment_sum(resid[:, None] * y[users], items, n_items),
+                             n_items, k, centred.shape[0] / (U * n_items), key, table.dtype)
+    return start.at[U:, :k].set(factors)
 
 
 @functools.partial(jax.jit, static_argnames=("num_users", "num_items"))

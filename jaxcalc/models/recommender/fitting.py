@@ -91,8 +91,9 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
       dense_limit: ALS and bpmf build their normal equations, and full batch its gradient, with
         dense ``(U, I)`` matrix products when ``U·I`` is at most this (ml-100k, ml-1m); bigger
         sets use chunked scatter-adds (ALS, bpmf) or gathers + one scatter-add (full batch).
-      spectral_init: ALS and bpmf (dense path, no ``params`` given) start from the top singular
-        vectors of the centred rating matrix (see ``als.spectral_init``, ``bpmf.spectral_start``).
+      spectral_init: ALS (dense path) and bpmf (both paths), when no ``params`` are given, start
+        from the top singular vectors of the centred rating matrix (``als.spectral_init``;
+        ``bpmf.spectral_start`` / ``bpmf.sparse_start`` also start the biases at mean residuals).
       burn_in: ``bpmf``: sweeps discarded before the draws that are averaged (``epochs`` counts
         both).
       noise_precision: ``bpmf``: ``None`` samples the likelihood's precision ``α`` with the rest
@@ -145,9 +146,8 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     k_init, k_shuffle = jax.random.split(key)
     params_given = params
     f32 = jnp.float32
-    spectral_start = (method == "bpmf" and params is None and spectral_init
-                      and num_users * num_items <= dense_limit)
-    if spectral_start:  # the chain starts at bpmf.spectral_start: no random draw to make
+    spectral_start = method == "bpmf" and params is None and spectral_init
+    if spectral_start:  # the chain starts at bpmf.spectral_start / sparse_start: no random draw to make
         table, mu = jnp.zeros((num_users + num_items, factors + 1), f32), f32(ratings.mean())
     else:
         if params is None:
@@ -183,6 +183,9 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
             if spectral_start:
                 table = timed(bpmf.spectral_start, table, *mats[:2], jax.random.fold_in(k_init, 1),
                               num_users=num_users)
+        elif spectral_start:
+            table = timed(bpmf.sparse_start, table, ju, ji, r - mu, jax.random.fold_in(k_init, 1),
+                          num_users=num_users)
         sweep_keys = list(jax.random.split(k_shuffle, epochs))
         alpha = [f32(2.0 if noise_precision is None else noise_precision)]
         alphas = []
