@@ -108,34 +108,29 @@ class Config:
       seed: PRNG seed (initialisation, sampling, splits).
     """
 
-    ratings: str | None = dataclasses.field(default=None, metadata={"help": "ratings file, split 80/20"})
-    train: str | None = dataclasses.field(default=None, metadata={"help": "training ratings file"})
-    test: str | None = dataclasses.field(default=None, metadata={"help": "test ratings file"})
+    ratings: str | None = None
+    train: str | None = None
+    test: str | None = None
     method: Method = "bpmf"
     factors: int = 10
-    epochs: int | None = dataclasses.field(default=None, metadata={"help": "passes (default per method)"})
-    burn_in: int | None = dataclasses.field(
-        default=None, metadata={"help": "bpmf: sweeps discarded before averaging (default 1)"})
-    noise_precision: float | None = dataclasses.field(
-        default=None, metadata={"help": "bpmf: fix the likelihood precision alpha (default: sampled)"})
-    lr: float | None = dataclasses.field(default=None, metadata={"help": "step size (default per method)"})
-    reg: float | None = dataclasses.field(
-        default=None, metadata={"help": "L2 weight (default: chosen on a validation split of the training data)"})
-    reg_bias: float | None = dataclasses.field(default=None, metadata={"help": "L2 on biases (default reg)"})
+    epochs: int | None = None
+    burn_in: int | None = None
+    noise_precision: float | None = None
+    lr: float | None = None
+    reg: float | None = None
+    reg_bias: float | None = None
     batch_size: int = 4096
-    preset: str | None = dataclasses.field(default=None, metadata={"help": "'surprise': Surprise's SVD"})
+    preset: str | None = None
     folds: int = 1
     test_fraction: float = 0.2
-    split: Literal["random", "per_user"] = dataclasses.field(
-        default="random", metadata={"help": "random, or per_user (hold out a fraction of each user's ratings)"})
+    split: Literal["random", "per_user"] = "random"
     # synthetic data (used when neither --ratings nor --train/--test is given)
     users: int = 943
     items: int = 1682
     rank: int = 2
     noise: float = 0.9
     density: float = 0.063
-    devices: int = dataclasses.field(
-        default=1, metadata={"help": "devices for data-parallel training (minibatch, fullbatch; others use one)"})
+    devices: int = 1
     seed: int = 0
 
     def __post_init__(self):
