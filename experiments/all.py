@@ -815,6 +815,8 @@ def _cnn_headline(s):
 # --- Recommendation (experiment `recommender`) -------------------------------------------------
 
 _FIT_METHODS = {
+    "bpmf": "Bayesian matrix factorization (a Gibbs sampler over the factors, the biases and their Normal-Wishart "
+            "priors, Salakhutdinov & Mnih 2008; the prediction is the mean over the draws after the burn-in)",
     "als": "alternating least squares (each sweep solves exactly for the user factors with the item factors "
            "fixed, then the other way round; no learning rate)",
     "sgd": "per-rating stochastic gradient descent",
@@ -836,6 +838,10 @@ def _recommender_prose(s, results):
             "vectors whose dot product captures taste. The parameters minimise the squared error on the observed "
             "ratings plus an L2 penalty λ(‖pᵤ‖² + ‖qᵢ‖² + bᵤ² + bᵢ²): a loss with a gradient like any other, and "
             "for fixed item factors a least-squares problem in the user factors.")
+    if _get(s, "method") == "bpmf":
+        idea += (" The Bayesian reading of the same model takes that penalty as a Gaussian prior, learns the "
+                 "prior's mean and precision from the data instead of choosing λ, and predicts with the posterior "
+                 "mean, averaged over samples of every parameter.")
     ratio = _f(s, "rmse_over_noise_floor")
     found = _para(
         _say("Fitted by {} with {} factors (data: {}), the model predicts the held-out ratings with RMSE {}, "

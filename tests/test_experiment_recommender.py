@@ -11,9 +11,12 @@ KEYS = {"test_rmse", "test_mae", "global_mean_rmse", "bias_only_rmse", "fit_seco
 
 
 def test_run_synthetic_writes_keys_and_plots(tmp_path):
-    cfg = exp.Config(users=40, items=30, density=0.3, epochs=3, factors=2, reg=0.1, split="per_user")
+    cfg = exp.Config(users=40, items=30, density=0.3, epochs=3, factors=2, split="per_user")  # default: bpmf
     summary = exp.run(cfg, tmp_path)
     assert set(summary) >= KEYS
+    assert summary["method"] == "bpmf" and summary["reg"] is None and "selection_seconds" not in summary
+    assert (summary["burn_in"], summary["samples"]) == (1, 2) and 0 < summary["noise_precision"] < 100
+    assert summary["total_fit_seconds"] == summary["fit_seconds"]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["test_rmse"] == pytest.approx(summary["test_rmse"])
     assert (tmp_path / "rmse.png").exists() and (tmp_path / "predicted_vs_true.png").exists()
@@ -45,9 +48,20 @@ def test_config_validation():
         exp.Config(devices=0)
     with pytest.raises(ValueError, match="batch_size 100 is not a multiple of devices 8"):
         exp.Config(method="minibatch", batch_size=100, devices=8)
-    exp.Config(devices=8)  # ALS: runs on one device, no batch to split
+    exp.Config(devices=8)  # bpmf (the default): runs on one device, no batch to split
     with pytest.raises(ValueError, match="together"):
         exp.Config(train="a")
+    with pytest.raises(ValueError, match="bpmf learns its regularisation"):
+        exp.Config(reg=0.1)
+    with pytest.raises(ValueError, match="burn_in must be < epochs"):
+        exp.Config(epochs=3, burn_in=3)
+    with pytest.raises(ValueError, match="noise_precision must be > 0"):
+        exp.Config(noise_precision=0.0)
+    assert exp.settings(exp.Config()) == {
+        "method": "bpmf", "factors": 10, "epochs": 20, "lr": 0.0, "reg": None, "reg_bias": None,
+        "init_scale": 0.1, "batch_size": 4096, "burn_in": 1, "noise_precision": None}  # α sampled
+    fixed = exp.settings(exp.Config(noise_precision=2.0, epochs=1))
+    assert (fixed["burn_in"], fixed["noise_precision"]) == (0, 2.0)  # burn-in capped below epochs
     assert exp.settings(exp.Config(preset="surprise")) == {
         "method": "sgd", "factors": 100, "epochs": 20, "lr": 0.005, "reg": 0.02, "reg_bias": None,
         "init_scale": 0.1, "batch_size": 4096}
@@ -102,9 +116,9 @@ for name, kw in cases.items():
                  "replicated": all(v.sharding.is_fully_replicated and len(v.sharding.device_set) == 8
                                    for v in fits[1].params.values())}
 table, mu = rec.pack(rec.init(jax.random.key(0), U, I, factors=3))
-args = parallel.replicate((table, rec._direction("adam").init(table), jax.random.key(2), mu,
+args = parallel.replicate((table, rec.gradient.optimizer_direction("adam").init(table), jax.random.key(2), mu,
                            train["user"], train["item"] + U, train["rating"]), mesh)
-hlo = rec._minibatch_epoch.lower(*args, np.float32(0.01), np.float32(0.05), np.float32(0.05),
+hlo = rec.gradient.minibatch_epoch.lower(*args, np.float32(0.01), np.float32(0.05), np.float32(0.05),
                                  optimizer="adam", batch_size=64, mesh=mesh).compile().as_text()
 out["all_reduce_in_epoch"] = "all-reduce" in hlo
 try:
