@@ -180,7 +180,7 @@ def test_eight_devices_match_one(smoke_run, image_dir, tmp_path):
     """The smoke run's config data-parallel over 8 simulated CPU devices (one image each) = the
     1-device smoke run, to float32 rounding (not bitwise: the gradient is summed in another order)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = os.environ.get("JAXCALC_TEST_XLA_FLAGS", "")
     out = tmp_path / "d8"
     proc = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(out), str(image_dir), str(BATCH)],
                           cwd=Path(cnn.__file__).parents[1], env=env, capture_output=True, text=True, timeout=300)

@@ -110,7 +110,8 @@ def test_mlp_data_parallel_8_devices_matches_1_device():
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+           + os.environ.get("JAXCALC_TEST_XLA_FLAGS", ""),
            "JAX_PLATFORMS": "cpu"}
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT, json.dumps(TINY)], env=env, cwd=root,

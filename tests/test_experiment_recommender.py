@@ -144,6 +144,7 @@ def eight_devices(tmp_path_factory):
 
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = os.environ.get("JAXCALC_TEST_XLA_FLAGS", "")
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, str(tmp_path_factory.mktemp("dev"))],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)

@@ -39,6 +39,7 @@ def _env(**extra):
            if "proxy" not in k.lower() and k not in _CLUSTER_VARS and not k.startswith(("SLURM_", "OMPI_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["JAX_PLATFORMS"] = "cpu"  # simulated devices, also on a GPU machine
+    env["XLA_FLAGS"] = os.environ.get("JAXCALC_TEST_XLA_FLAGS", "")
     env.update(extra)
     return env
 
