@@ -34,10 +34,10 @@ of ``loss_fn`` when the run compiles, so warm calls pay nothing for them):
   chunks' gradients weighted ``|chunk|/|batch|`` (gradient accumulation; exact for such losses up
   to float rounding), in two forms measured faster on CPU: for ``method="batch"`` on data of
   several MB, the data is cut once per run into chunks of about 1.5 L2 caches, each its own buffer,
-  so each chunk is read for the forward product and again, still in cache, for the gradient; and a
-  batch whose intermediate values are large (a wide MLP on many examples) runs as a scan over
-  L2-sized chunks inside the step. ``chunked=True`` asks for chunks wherever it is provable;
-  ``False`` never. A loss that is not provably a mean keeps the whole-batch step.
+  so each chunk is read for the forward product and again, still in cache, for the gradient.
+  ``chunked=True`` asks for chunks wherever it is provable (mini-batches then run as a scan over
+  L2-sized chunks inside the step, which "auto" does not choose: measured slower on a quiet
+  machine); ``False`` never. A loss that is not provably a mean keeps the whole-batch step.
 
 **Value checks**: the run is compiled with :func:`jaxcalc.checks.checkify_fn`, so a loss that calls
 :func:`jaxcalc.checks.check_entries` (every loss in :mod:`jaxcalc.losses` does for its labels)
@@ -71,11 +71,6 @@ _STATUS_NAMES = {RUNNING: "completed", DIVERGED: "diverged", CONVERGED: "converg
 _METHODS = ("batch", "sgd", "minibatch")
 # what was non-finite at the divergence step
 CAUSE_LOSS, CAUSE_GRAD, CAUSE_PARAMS = 1, 2, 3
-# "auto" chunking (CPU): batches whose intermediate values exceed this many bytes, and whose
-# intermediates per example are at least CHUNK_MIN_RATIO times the data per example (so the
-# chunks' copies cost little beside what stays in cache); measured in benchmarks/bench_descent.py
-CHUNK_MIN_BYTES = 8 * 2**20
-CHUNK_MIN_RATIO = 2.0
 # "batch" data of at least two such chunks is cut into chunks of about this many L2 caches, at most
 # SPLIT_MAX_CHUNKS of them (each adds a copy of the loss to the compiled step)
 SPLIT_CHUNK_L2 = 1.5
@@ -327,22 +322,18 @@ class _Loop:
     # how the data is read -------------------------------------------------------
     def _chunk_for(self, params, data, size: int):
         """Examples per chunk for a step on ``size`` examples, or ``None`` (whole batch)."""
-        if (self.chunked is False or self.clip_norm is not None or self.log_noise_scale
+        # Only on request: "auto" never scans over chunks inside the step. On a quiet 2-core EPYC
+        # the scan lost to the whole batch where its intermediates are largest (MLP 64-256-10 on
+        # 16,384 examples: 0.70x; bench_descent.py part d), it won only under load from other jobs.
+        if (self.chunked is not True or self.clip_norm is not None or self.log_noise_scale
                 or self.mesh is not None or size < 4):
             return None
-        auto = self.chunked == "auto"
-        if auto and jax.default_backend() != "cpu":
-            return None  # GPU/TPU: XLA's whole-batch step, not measured slower
         data_bytes = sum(math.prod(np.shape(x)[1:]) * jnp.result_type(x).itemsize for x in jax.tree.leaves(data))
         probe = batchstep.prove_mean_over_examples(self.loss_fn, params, _abstract_batch(data, size),
                                                    max(2, size // 3) if size // 3 != size else 2)
         if not probe.ok:
-            if not auto:
-                warnings.warn(f"chunked=True: the loss is not provably a mean over examples ({probe.reason}); "
-                              "using the whole-batch step", stacklevel=4)
-            return None
-        if auto and (probe.example_bytes * size < CHUNK_MIN_BYTES
-                     or probe.example_bytes < CHUNK_MIN_RATIO * data_bytes):
+            warnings.warn(f"chunked=True: the loss is not provably a mean over examples ({probe.reason}); "
+                          "using the whole-batch step", stacklevel=4)
             return None
         chunk = self.chunk_size
         if chunk is None:
@@ -828,10 +819,9 @@ def fit(loss_fn: Callable, params, data, *, optimizer: optax.GradientTransformat
         (:func:`jaxcalc.batchstep.prove_mean_over_examples`; see the module docstring):
         ``"auto"`` where it was measured faster, on CPU: ``method="batch"`` data of at least
         2 × ``SPLIT_CHUNK_L2`` L2 caches (cut once per run into at most ``SPLIT_MAX_CHUNKS``
-        chunks), or a batch whose intermediate values exceed ``CHUNK_MIN_BYTES`` and are at
-        least ``CHUNK_MIN_RATIO`` times its data per example (a scan over chunks in the step);
-        ``True`` wherever provable (with a warning and the whole-batch step otherwise);
-        ``False`` never. Not with ``clip_norm``, ``log_noise_scale`` or ``mesh``.
+        chunks); ``True`` wherever provable (for ``method="batch"`` the data cut once per run,
+        for mini-batches a scan over L2-sized chunks inside the step; a warning and the
+        whole-batch step where not provable); ``False`` never. Not with ``clip_norm``, ``log_noise_scale`` or ``mesh``.
       chunk_size: examples per chunk; default: from the CPU's L2 cache size and the bytes per
         example (of the data, and of the loss's intermediate values).
       layout: ``"auto"`` stores ``(n, d)`` data leaves that the loss only multiplies by vectors
