@@ -68,24 +68,22 @@ QUICK = {"quick": True}
 # ------------------------------------------------------------------ time estimates
 
 # Wall seconds of each experiment's run() as `jaxcalc run all` runs it: (quick cold, quick warm, full cold,
-# full warm). Cold: an empty compilation cache; warm: the same command again. Measured 2025-12-01 on this
-# project's 2-core AMD EPYC VM with `JAXCALC_CACHE_DIR=<new dir> jaxcalc run all [--quick]`, twice per cache,
-# ALL UNDER LOAD from other sessions. Whole-run totals: quick cold 104 s (load 0.3-4.7), 249 s (load 5-7),
-# 267 s (load 6-9); quick warm 52 s (load 5-7), 95 s (load 8-9); full cold 186 s (load 5), 342 s (load
-# 8-10); full warm 52 s (load 5), 108 s (load 9-10). Quick cold below is the geometric mean of the 104 s and
-# 249 s runs, per experiment (within 2x of all three); the others are the load-5 runs. The lead re-measures
-# on a quiet machine. A run replaces these with what it measures here (see `estimate_seconds`).
+# full warm). Cold: an empty compilation cache; warm: the same command again. Measured 2026-12-01 on this
+# project's 2-core AMD EPYC VM with nothing else running (load average 0.9-1.7: the runs themselves), with
+# `JAXCALC_CACHE_DIR=<new dir> jaxcalc run all [--quick]`, twice per cache. Whole-run totals: quick cold
+# 109 s, quick warm 44 s, full cold 123 s, full warm 56 s (earlier runs under load from other sessions took
+# up to 2.5x these). A run replaces these with what it measures here (see `estimate_seconds`).
 EXPECTED_SECONDS = {
-    "gradients": (25, 7, 58, 5),
-    "finite-differences": (7, 2, 4, 1),
-    "integrals": (12, 4, 20, 4),
-    "linear": (17, 10, 10, 5),
-    "mlp": (27, 10, 20, 10),
-    "stability": (5, 2, 3, 2),
-    "optimizers": (29, 7, 26, 8),
-    "cnn": (20, 5, 27, 10),
-    "recommender": (15, 5, 19, 8),
-    "diagnose": (14, 5, 16, 5),
+    "gradients": (17, 6, 18, 7),
+    "finite-differences": (3, 1, 3, 1),
+    "integrals": (8, 2, 9, 3),
+    "linear": (11, 5, 10, 5),
+    "mlp": (18, 7, 18, 7),
+    "stability": (4, 3, 3, 2),
+    "optimizers": (20, 8, 24, 11),
+    "cnn": (8, 5, 13, 10),
+    "recommender": (7, 2, 11, 6),
+    "diagnose": (12, 4, 12, 4),
 }
 DEFAULT_SECONDS = (20, 10, 30, 15)  # an experiment without an entry
 REPORT_SECONDS = 3  # building the report after the experiments
