@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import subprocess
 import sys
 import time
+
+
+def cpu_name() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def timeit(fn, repeats: int) -> list[float]:

@@ -13,24 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _timing import cpu_name  # benchmarks/_timing.py (script folder)
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_one(data_dir: str, epochs: int, augment: bool, batch: int, lr: float, seed: int, out: Path) -> dict:
@@ -74,7 +66,7 @@ def main(argv=None) -> int:
     s0 = results[0][2]["summary"]
     print(f"\n`jaxcalc run cnn --data-dir {args.data_dir} --epochs E --batch-size {args.batch_size} --lr {args.lr:g} "
           f"[--augment]` on {s0['dataset']} ({s0['train_images']:,} train / {s0['test_images']:,} test images), "
-          f"seed {args.seed}; {cpu_model()}, {os.cpu_count()} cores, device {s0['device']}\n")
+          f"seed {args.seed}; {cpu_name()}, {os.cpu_count()} cores, device {s0['device']}\n")
     print("| epochs | --augment | test accuracy at epochs 1 / 5 / 10 / ... / last | best (epoch) "
           "| train accuracy, last epoch (dropout on) | train s | compile s | wall s |")
     print("|---:|:---:|---|---|---:|---:|---:|---:|")

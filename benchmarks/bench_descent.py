@@ -42,12 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import time
 
-from _timing import fmt_times, run_alternating, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
+from _timing import cpu_name, fmt_times, run_alternating, spawn_worker, timeit  # benchmarks/_timing.py (script folder)
 
 N_ITER = 1000
 B_N, B_D, B_LR = 100_000, 16, 0.1
@@ -58,14 +57,10 @@ BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 def cpu_model() -> str:
     """``model name`` from /proc/cpuinfo (plus AVX-512 and core count), else platform's."""
-    name, avx512 = platform.processor() or platform.machine(), False
+    name, avx512 = cpu_name(), False
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name in (platform.processor(), platform.machine()):
-                    name = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    avx512 = "avx512f" in line.split()
+            avx512 = any(line.startswith("flags") and "avx512f" in line.split() for line in f)
     except OSError:
         pass
     caches = []

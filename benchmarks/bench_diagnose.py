@@ -33,6 +33,8 @@ import sys
 import time
 import traceback
 
+from _timing import cpu_name, run_alternating  # benchmarks/_timing.py (script folder)
+
 SIZES = (784, 256, 10)
 BATCH = 256
 HERE = os.path.abspath(__file__)
@@ -107,7 +109,7 @@ def side(name: str, reps: int) -> dict:
         t0 = time.perf_counter()
         g = jax.jit(jax.grad(fns["healthy"]))
         jax.block_until_ready(g(params, x, y))
-        out["first"] = [time.perf_counter() - t0]
+        out["first_times"] = [time.perf_counter() - t0]
         times = []
         for _ in range(max(reps, 5)):
             t0 = time.perf_counter()
@@ -168,15 +170,6 @@ def _run_side(name, reps):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown CPU"
-
 
 def _fmt(times, unit=1.0, suffix="s"):
     v = [t * unit for t in times]
@@ -200,21 +193,15 @@ def main(argv=None) -> int:
     if args.side:
         print(json.dumps(side(args.side, args.reps)))
         return 0
-    results: dict[str, dict] = {}
-    for _ in range(args.runs):  # alternate sides, one process at a time
-        for name, _ in COST:
-            r = _run_side(name, args.reps)
-            agg = results.setdefault(name, {**r, "times": [], "first": []})
-            agg["times"] += r["times"]
-            agg["first"] += r.get("first", [])
+    results = run_alternating([name for name, _ in COST], args.runs, lambda name: _run_side(name, args.reps))
     grad = results["grad"]
-    base = statistics.median(grad["first"])
+    base = statistics.median(grad["first_times"])
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"device: {grad['device']} ({_cpu()}, {os.cpu_count()} cores, load average {load} at the end); float32; "
+    print(f"device: {grad['device']} ({cpu_name()}, {os.cpu_count()} cores, load average {load} at the end); float32; "
           f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}; {args.runs} process runs x {args.reps} calls per side\n")
     print("| workload | time | ratio to jax.grad + compile | target | notes |")
     print("|---|---|---|---|---|")
-    print(f"| {COST[0][1]} | {_fmt(grad['first'])} | 1.0x | | steady call {_fmt(grad['times'], 1e3, 'ms')} |")
+    print(f"| {COST[0][1]} | {_fmt(grad['first_times'])} | 1.0x | | steady call {_fmt(grad['times'], 1e3, 'ms')} |")
     for name, label in COST[1:]:
         r = results[name]
         ratio = statistics.median(r["times"]) / base

@@ -20,20 +20,10 @@ but marks the function effectful, which takes each call off jax's C++ fast dispa
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import time
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from _timing import cpu_name  # benchmarks/_timing.py (script folder)
 
 
 def _hlo_ops(compiled) -> int:
@@ -109,7 +99,7 @@ def main() -> None:
         return sorted(ts)[len(ts) // 2]
 
     print(f"\nvalue_and_grad of a mean loss, jit-compiled; median [min–max] of {args.reps} interleaved calls; "
-          f"device {jax.devices()[0].device_kind}; CPU {_cpu_model()}\n")
+          f"device {jax.devices()[0].device_kind}; CPU {cpu_name()}\n")
     print("| workload | jaxcalc (plain jit) | optax (no checks) | jaxcalc / optax | jaxcalc checkified "
           "| checkified / optax | HLO ops jaxcalc / optax / checkified |")
     print("|---|---|---|---|---|---|---|")

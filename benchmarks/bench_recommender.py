@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import cpu_name  # benchmarks/_timing.py (script folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_RATINGS = 80_000
@@ -61,17 +62,6 @@ SURPRISE_ROWS = {
 }
 PROFILE_FACTORS = (1, 10, 12, 13, 50, 100)
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def make_data(folder: Path, seed: int) -> tuple[Path, Path, str]:
@@ -292,7 +282,8 @@ def main() -> None:
     device = next((r[0]["device"] for (side, _), r in results.items() if side == "jaxcalc" and r), "?")
     n = next((r[0]["n"] for r in results.values() if r), "?")
     version = next((r[0]["version"] for (side, _), r in results.items() if side == "Surprise" and r), None)
-    print(f"\nRecommender fits on {n:,} training ratings ({what}); CPU: {cpu_model()}; jaxcalc device: {device}; "
+    print(f"\nRecommender fits on {n:,} training ratings ({what}); CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; "
+          f"jaxcalc device: {device}; "
           f"Surprise {version or 'not importable (rows skipped)'}. {args.processes} processes x {args.repeats} "
           f"timed fits per row ({args.slow_repeats} for SVD++ and KNNBaseline), medians [min–max]; time = the "
           f"whole fit in a warm process.\n")
