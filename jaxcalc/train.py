@@ -132,9 +132,9 @@ def _validate_data(data) -> int:
             ref = _FINITE.get(id(leaf))
             if ref is not None and ref() is leaf:
                 continue
+            fresh.append(leaf)  # remembered below once read (integer arrays need no read)
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 continue
-            fresh.append(leaf)
         arr = np.asarray(leaf)
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             _leading_length(data)  # a structure error first, as before
@@ -330,7 +330,7 @@ class _Loop:
             return None
         data_bytes = sum(math.prod(np.shape(x)[1:]) * jnp.result_type(x).itemsize for x in jax.tree.leaves(data))
         probe = batchstep.prove_mean_over_examples(self.loss_fn, params, _abstract_batch(data, size),
-                                                   max(2, size // 3) if size // 3 != size else 2)
+                                                   max(2, size // 3))
         if not probe.ok:
             warnings.warn(f"chunked=True: the loss is not provably a mean over examples ({probe.reason}); "
                           "using the whole-batch step", stacklevel=4)
@@ -393,10 +393,10 @@ class _Loop:
         data out once (transposed leaves, chunks cut apart)."""
         plan = self.plan
         sizes = {plan.batch_size} | ({plan.rem} if plan.rem else set())
+        split = self._split_for(params, data) if allow_fold else None  # batch data cut once per run
         chunks = {}
-        split_first = allow_fold and plan.method == "batch" and self.chunked is True
-        if not (split_first and self._split_for(params, data) is not None):
-            for size in sizes:  # chunks inside the step: large intermediates ("auto"), or forced
+        if split is None:
+            for size in sizes:  # chunks inside the step (chunked=True only)
                 c = self._chunk_for(params, data, size)
                 if c:
                     chunks[size] = c
@@ -406,7 +406,6 @@ class _Loop:
                 and jax.default_backend() == "cpu"):
             fold = batchstep.foldable_leaves(self.loss_fn, params, data)
             fold = fold if any(fold) else None
-        split = self._split_for(params, data) if allow_fold and not chunks else None
         if split is not None:
             losses = {}
             for size in set(split):
@@ -603,8 +602,7 @@ def _divergence_message(hist: dict, cause: int) -> str:
             f"learning rate; the last finite parameters are on this error's .last_finite_params.")
 
 
-def _finish(params, meta, last_finite_loss: float, hist: dict, plan: _Plan, on_divergence: str,
-            extra: dict | None = None):
+def _finish(params, meta, last_finite_loss: float, hist: dict, plan: _Plan, on_divergence: str):
     """Complete the history (numpy records) from the run's status; raises DivergenceError if asked."""
     status, event, cause = meta.tolist()
     hist["status"] = _STATUS_NAMES[status]
@@ -620,8 +618,6 @@ def _finish(params, meta, last_finite_loss: float, hist: dict, plan: _Plan, on_d
         hist["stop_epoch"], hist["stop_step"] = epoch, step
     hist["epochs_run"] = len(hist["loss"])
     hist["last_finite_loss"] = last_finite_loss
-    if extra:
-        hist.update(extra)
     if status == DIVERGED and on_divergence == "raise":
         raise DivergenceError(
             _divergence_message(hist, cause), epoch=hist["stop_epoch"], step=hist["stop_step"],
@@ -665,7 +661,7 @@ def _raise_checks(err, loss_fn, params, data, n: int, size: int) -> None:
     The run saw the data shuffled or in chunks, so the loss is re-run (on this error path only)
     on the data in its own order, in slices of ``size``, to name the example's index in ``data``;
     if that finds nothing (a check that depends on the parameters), the run's own message."""
-    if not _has_checks(err) or err.get() is None:
+    if err.get() is None:  # (callers call this only for programs with checks: _has_checks)
         return
     try:
         msg = _locate(loss_fn, params, data, n, size)
