@@ -127,8 +127,6 @@ def estimate_seconds(name: str, quick: bool, warm: bool) -> tuple[float, bool]:
     if isinstance(past, list) and past and all(isinstance(t, (int, float)) for t in past):
         return float(statistics.median(past)), True
     row = EXPECTED_SECONDS.get(name, DEFAULT_SECONDS)
-    if len(row) == 2:  # (quick, full)
-        row = (row[0], row[0], row[1], row[1])
     return float(row[(0 if quick else 2) + (1 if warm else 0)]), False
 
 

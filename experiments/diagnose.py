@@ -174,8 +174,6 @@ def healthy_cases(key):
     from jaxcalc import losses
     from jaxcalc.models import cnn, linear, mlp, recommender
 
-    # The mean Huber loss: `mean_huber` on main since the optax-named losses, `huber_loss` before.
-    mean_huber = getattr(losses, "mean_huber", None) or losses.huber_loss
     k = jax.random.split(key, 8)
     n = 6
     x = jax.random.normal(k[0], (n, 5))
@@ -193,7 +191,7 @@ def healthy_cases(key):
                "rating": jax.random.uniform(k[2], (12,), minval=1.0, maxval=5.0)}
     return [
         ("mse", losses.mse, (x[:, 0], y)),
-        ("huber", lambda a, b: mean_huber(a, b, delta=0.5), (x[:, 0], y)),
+        ("huber", lambda a, b: losses.mean_huber(a, b, delta=0.5), (x[:, 0], y)),
         ("cross_entropy", losses.cross_entropy, (logits, labels)),
         ("binary_cross_entropy", losses.binary_cross_entropy, (logits[:, 0], (labels % 2).astype(jnp.float32))),
         ("linear regression (MSE)", lambda p: losses.mse(linear.linear_apply(p, x), y), (lin,)),

@@ -124,12 +124,11 @@ def _format_default(value) -> str:
 
 
 def option_help(config_cls) -> dict[str, str]:
-    """Help text per ``Config`` field: the docstring's ``Attributes:`` entry (else the field's
-    ``metadata["help"]``), followed by its default."""
+    """Help text per ``Config`` field: the docstring's ``Attributes:`` entry, followed by its default."""
     docs = attribute_docs(config_cls)
     out = {}
     for f in dataclasses.fields(config_cls):
-        text = (docs.get(f.name) or (f.metadata.get("help", "") if f.metadata else "")).replace("``", "`")
+        text = docs.get(f.name, "").replace("``", "`")
         default = f.default if f.default is not dataclasses.MISSING else None
         if "default:" not in text:  # the docstring may say itself what the default means
             text = f"{text.rstrip('.')} (default: {_format_default(default)})".strip()
@@ -287,14 +286,12 @@ def _one_line(value) -> str:
     """A scalar as one short line: floats to 4 significant digits, a multi-line string's first line."""
     if value is None:
         return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
     if isinstance(value, str):
         lines = [line.strip() for line in value.splitlines() if line.strip()]
         return (lines[0] + (" …" if len(lines) > 1 else "")) if lines else '""'
-    return str(value)
+    from jaxcalc.report import fmt
+
+    return fmt(value)  # bool yes/no, float to 4 significant digits
 
 
 def summary_lines(summary: dict, *, width: int = SUMMARY_WIDTH, max_lines: int = SUMMARY_MAX_LINES) -> list[str]:

@@ -6,25 +6,15 @@ diagnosis is clean, 1 when it has findings, 2 on a usage error (bad spec, file, 
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from jaxcalc.cli import _fail, _Parser  # the CLI's one-line usage errors, exit 2
+
 PROG = "jaxcalc diagnose"
 EXIT_FINDINGS = 1
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _load(spec: str):
@@ -72,7 +62,7 @@ def main(argv=None) -> int:
     try:
         f, f_args = _load(args.spec)
     except Exception as e:
-        return _fail(" ".join(str(e).split()) or type(e).__name__)
+        return _fail(PROG, " ".join(str(e).split()) or type(e).__name__)
 
     from jaxcalc.diagnosis import DEFAULT_THRESHOLD_BITS, diagnose
 
@@ -80,7 +70,7 @@ def main(argv=None) -> int:
         report = diagnose(f, *f_args, argnums=args.argnums if len(args.argnums) != 1 else args.argnums[0],
                           threshold_bits=args.threshold_bits or DEFAULT_THRESHOLD_BITS, local_errors=args.local_errors)
     except (TypeError, ValueError) as e:
-        return _fail(" ".join(str(e).split()))
+        return _fail(PROG, " ".join(str(e).split()))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return EXIT_FINDINGS if report.findings else 0
 

@@ -9,8 +9,6 @@ __all__ = ["KINDS", "Finding", "Report"]
 # Most severe first: a broken loss, a broken gradient (the where-trap, then other NaN origins), a gradient
 # silently wrong (a custom rule), digits lost.
 KINDS = ("nonfinite_forward", "where_nan", "nonfinite_backward", "wrong_derivative", "precision_loss")
-UNITS = {"nonfinite_forward": "count", "nonfinite_backward": "count", "where_nan": "count",
-         "wrong_derivative": "rel_error", "precision_loss": "bits_lost"}
 
 
 @dataclasses.dataclass(frozen=True)
