@@ -173,9 +173,8 @@ def worker_sgd_profile_jax(args) -> dict:
     out = {}
     for k in PROFILE_FACTORS:
         table, _ = rec.pack(rec.init(jax.random.key(0), U, train.num_items, factors=k))
-        big = table.size * 4 > funk_sgd.SPLIT_BYTES
         for name, kw in (("gather", dict(slice_rows=False, unroll=1)), ("slices", dict(slice_rows=True, unroll=1)),
-                         ("as fit runs it", dict(slice_rows=None, unroll=4 if big else 1))):
+                         ("as fit runs it", dict(slice_rows=None, unroll=None))):
             exe = funk_sgd.sgd_epoch.lower(table, mu, ru, ri, r, 0.005, 0.02, 0.02, **kw).compile()
             t = exe(table + 0, mu, ru, ri, r, 0.005, 0.02, 0.02)
             ts = []

@@ -230,7 +230,7 @@ def _seen(train):
 # --------------------------------------------------------------------------- fitting
 
 
-def fit_model(train, s: dict, key, *, reg, on_epoch=None, epochs=None, mesh=None):
+def fit_model(train, s: dict, key, *, reg, on_epoch=None, mesh=None):
     """``rec.fit`` on a :class:`~jaxcalc.data.movielens.Ratings` with the settings ``s`` (:func:`settings`)."""
     from jaxcalc.models import recommender as rec
 
@@ -238,7 +238,7 @@ def fit_model(train, s: dict, key, *, reg, on_epoch=None, epochs=None, mesh=None
     if reg is not None:
         extra["reg"] = reg
     return rec.fit(train.as_batch(), train.num_users, train.num_items, method=s["method"],
-                   factors=s["factors"], epochs=epochs or s["epochs"], lr=s["lr"],
+                   factors=s["factors"], epochs=s["epochs"], lr=s["lr"],
                    reg_bias=s["reg_bias"], init_scale=s["init_scale"], batch_size=s["batch_size"],
                    key=key, on_epoch=on_epoch, mesh=mesh, **extra)
 

@@ -221,10 +221,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
 
     elif method == "sgd":
         args = (rows_u, rows_i, r, f32(lr), *hyper)
-        # 4 steps per loop iteration pay off only above the table size where each step's scatter is
-        # split over threads (funk_sgd.SPLIT_BYTES; measured: k = 100 0.86 -> 0.50 us per rating, k <= 12 slower)
-        unroll = 4 if table.size * table.dtype.itemsize > funk_sgd.SPLIT_BYTES else 1
-        exe, compile_s = _compiled(funk_sgd.sgd_epoch, table, mu, *args, unroll=unroll)
+        exe, compile_s = _compiled(funk_sgd.sgd_epoch, table, mu, *args)  # row reads and unroll by table size
         step = lambda t, e: (exe(t, mu, *args), None)
     elif method == "als":
         ju, ji = jnp.asarray(users), jnp.asarray(items)

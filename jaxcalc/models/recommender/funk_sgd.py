@@ -35,7 +35,7 @@ SPLIT_BYTES = 2 * 256 * 1024
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=("unroll", "slice_rows"))
-def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: int = 1,
+def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: int | None = None,
               slice_rows: bool | None = None):
     """One epoch of Funk / Surprise SGD, one rating per step, in the given order.
 
@@ -45,7 +45,9 @@ def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: 
       rows_u: ``(n,) int32`` user rows; rows_i: ``(n,) int32`` item rows (``U + item``).
       ratings: ``(n,) float32``.
       lr, reg, reg_bias: scalars (traced: changing them does not recompile).
-      unroll: scan steps per loop iteration (static).
+      unroll: scan steps per loop iteration (static); ``None``: 4 when the table is over
+        ``SPLIT_BYTES``, else 1 (measured: k = 100 0.86 -> 0.50 us per rating, k <= 12 slower
+        with 4). The result is the same.
       slice_rows: read the two rows with dynamic slices (True) or one gather (False); ``None``:
         slices when the table is over ``SPLIT_BYTES`` (static; the result is the same).
 
@@ -56,7 +58,9 @@ def sgd_epoch(table, mu, rows_u, rows_i, ratings, lr, reg, reg_bias, *, unroll: 
     lr = jnp.asarray(lr, table.dtype)
     shrink = 1.0 - lr * jnp.concatenate([jnp.full((k,), reg, table.dtype), jnp.full((1,), reg_bias, table.dtype)])
     bias_col = jnp.zeros((k + 1,), table.dtype).at[k].set(1.0)  # the gradient of r̂ in the bias column is 1
-    slices = table.size * table.dtype.itemsize > SPLIT_BYTES if slice_rows is None else slice_rows
+    big = table.size * table.dtype.itemsize > SPLIT_BYTES
+    slices = big if slice_rows is None else slice_rows
+    unroll = (4 if big else 1) if unroll is None else unroll
 
     def step(t, x):
         ru, ri, r = x
