@@ -32,19 +32,16 @@ import functools
 import re
 import threading
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+
+from jaxcalc._validate import is_concrete
 
 __all__ = ["check_entries", "checkify_fn", "poison", "raise_if_failed"]
 
 
 _state = threading.local()
-
-
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _checking() -> bool:
@@ -93,7 +90,7 @@ def check_entries(bad, values, *, name: str, condition: str, noun: str = "entrie
     """
     shape = tuple(np.shape(values))
     template = _template(name, len(shape), condition, noun)
-    if not (_is_traced(bad) or _is_traced(values)):
+    if is_concrete(bad) and is_concrete(values):
         bad_np = np.asarray(bad)
         if bad_np.any():
             if not shape:
@@ -120,7 +117,7 @@ def poison(x, bad):
     A concrete ``bad`` with no True entry (the eager path, after :func:`check_entries` passed)
     returns ``x`` unchanged, so eager calls and constant-folded checks add no operation.
     """
-    if not _is_traced(bad) and not np.any(np.asarray(bad)):
+    if is_concrete(bad) and not np.any(np.asarray(bad)):
         return x
     return jnp.where(bad, jnp.asarray(jnp.nan, jnp.result_type(x)), x)
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcalc._validate import check_floating, check_integer, check_nonempty, check_same_shape, shape_of
+from jaxcalc._validate import check_floating, check_integer, check_nonempty, check_same_shape, is_concrete, shape_of
 from jaxcalc.checks import check_entries, poison
 
 __all__ = [
@@ -78,7 +78,7 @@ def _prob_tolerance(dtype) -> float:
 def _xp(*arrays):
     """numpy when every array is concrete (an eager call: checks run on the host, no device op, no
     compile), ``jax.numpy`` when one is traced (checks become ``debug_check`` + NaN poisoning)."""
-    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
+    return np if all(is_concrete(a) for a in arrays) else jnp
 
 
 def _check_positive_scalar(value, name: str):
