@@ -115,8 +115,8 @@ def diagnose(
     nums = _normalise_argnums(argnums, len(args))
     names = _arg_names(f, len(args))
 
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    with_path = jax.tree_util.tree_flatten_with_path(args)[0]
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(args)
+    leaves = [leaf for _, leaf in with_path]
     dyn_pos = [i for i, leaf in enumerate(leaves) if _is_array_like(leaf)]
     diff_pos = [i for i, (path, leaf) in enumerate(with_path)
                 if path[0].idx in nums and _is_real_float(leaf) and np.size(leaf) > 0]
