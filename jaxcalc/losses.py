@@ -128,19 +128,30 @@ def _where_mask(where, shape: tuple[int, ...], axes: tuple[int, ...]):
     )
 
 
+def _check_unit_interval(labels, dtype, noun: str, included=None):
+    """Check every (included) entry of ``labels`` is in ``[0, 1]`` up to the dtype's tolerance (NaN
+    is not): see :func:`check_entries`. Returns ``(labels as dtype, bad)``, numpy when concrete."""
+    xp = _xp(labels, included)
+    y = xp.asarray(labels).astype(dtype)
+    tol = _prob_tolerance(dtype)
+    bad = ~((y >= -tol) & (y <= 1 + tol))  # NaN is bad too
+    if included is not None:
+        bad = bad & included
+    check_entries(bad, y, name="labels", condition="is outside [0, 1]", noun=noun)
+    return y, bad
+
+
 def _check_distributions(labels, dtype, axes, w, axis):
     """Each included row of ``labels`` is a distribution over ``axes``; returns the batch-shaped ``bad``."""
     xp = _xp(labels, w)
-    y = xp.asarray(labels).astype(dtype)
+    included = None if w is None else xp.any(xp.asarray(w), axis=axes)  # `where` may leave out padding rows
+    entry_mask = None if w is None else xp.broadcast_to(xp.expand_dims(included, axes), np.shape(labels))
+    y, bad_entry = _check_unit_interval(labels, dtype, "label entries", entry_mask)
     tol = _prob_tolerance(dtype)
-    bad_entry = ~((y >= -tol) & (y <= 1 + tol))  # NaN is bad too
     sums = xp.sum(y, axis=axes)
     bad_sum = ~(xp.abs(sums - 1) <= tol)
-    if w is not None:  # rows that `where` leaves out entirely (padding) are not checked
-        included = xp.any(xp.asarray(w), axis=axes)
-        bad_entry = bad_entry & xp.broadcast_to(xp.expand_dims(included, axes), y.shape)
+    if included is not None:
         bad_sum = bad_sum & included
-    check_entries(bad_entry, y, name="labels", condition="is outside [0, 1]", noun="label entries")
     check_entries(bad_sum, sums, name=f"labels.sum(axis={axis})",
                   condition=f"is not 1 ± {tol:g}: each row of labels must be a probability distribution",
                   noun="row(s)")
@@ -232,10 +243,7 @@ def sigmoid_binary_cross_entropy(logits, labels):
     check_same_shape(logits, labels, ("logits", "labels"))
     check_nonempty(logits, "logits")
     z = jnp.asarray(logits)
-    tol = _prob_tolerance(z.dtype)
-    checked = _xp(labels).asarray(labels).astype(z.dtype)
-    bad = ~((checked >= -tol) & (checked <= 1 + tol))  # NaN is bad too
-    check_entries(bad, checked, name="labels", condition="is outside [0, 1]", noun="label(s)")
+    _, bad = _check_unit_interval(labels, z.dtype, "label(s)")
     y = jnp.asarray(labels).astype(z.dtype)
     return poison(-(y * jax.nn.log_sigmoid(z) + (1.0 - y) * jax.nn.log_sigmoid(-z)), bad)
 
