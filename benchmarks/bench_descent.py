@@ -492,7 +492,7 @@ def worker_d(workload):
     loop = next(v[1] for k, v in train._FIT_CACHE.items() if k[0] is loss and k[16] == "auto")
     b = loop.plan.batch_size
     if b >= 3:
-        proof = batchstep.prove_mean_over_examples(loss, params, train._abstract_batch(data, b), max(2, b // 3))
+        proof = batchstep.prove_mean_over_examples(loss, params, batchstep.abstract_batch(data, b), max(2, b // 3))
         proof_note = "proved a mean" if proof.ok else f"not proved: {proof.reason}"
     else:
         proof_note = f"batches of {b}: nothing to chunk"

@@ -470,6 +470,11 @@ class _Prover:
         return _B(dn.offset_dims[offset_operand.index(k)])
 
 
+def abstract_batch(batch, size: int):
+    """``batch``'s structure with every leaf's leading size replaced by ``size`` (shapes only)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((size, *np.shape(x)[1:]), jnp.result_type(x)), batch)
+
+
 @dataclasses.dataclass(frozen=True)
 class MeanProof:
     """Result of :func:`prove_mean_over_examples`."""
@@ -511,8 +516,7 @@ def prove_mean_over_examples(loss_fn, params, batch, other_size: int) -> MeanPro
     n = int(np.shape(leaves[0])[0])
     if other_size < 2 or other_size == n:
         raise ValueError(f"other_size must be >= 2 and differ from n={n}, got {other_size}")
-    small = jax.tree.map(lambda x: jax.ShapeDtypeStruct((other_size, *np.shape(x)[1:]), jnp.result_type(x)),
-                         batch)
+    small = abstract_batch(batch, other_size)
     try:
         c1 = jax.make_jaxpr(loss_fn)(params, batch)
         c2 = jax.make_jaxpr(loss_fn)(params, small)

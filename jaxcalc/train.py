@@ -296,8 +296,6 @@ def _nice_chunk(size: int, target: int) -> int:
     return target
 
 
-def _abstract_batch(data, size):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((size, *np.shape(x)[1:]), jnp.result_type(x)), data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,12 +323,11 @@ class _Loop:
         # Only on request: "auto" never scans over chunks inside the step. On a quiet 2-core EPYC
         # the scan lost to the whole batch where its intermediates are largest (MLP 64-256-10 on
         # 16,384 examples: 0.70x; bench_descent.py part d), it won only under load from other jobs.
-        if (self.chunked is not True or self.clip_norm is not None or self.log_noise_scale
-                or self.mesh is not None or size < 4):
+        if self.chunked is not True or size < 4:
             return None
         data_bytes = sum(math.prod(np.shape(x)[1:]) * jnp.result_type(x).itemsize for x in jax.tree.leaves(data))
-        probe = batchstep.prove_mean_over_examples(self.loss_fn, params, _abstract_batch(data, size),
-                                                   max(2, size // 3))
+        batch = batchstep.abstract_batch(data, size)
+        probe = batchstep.prove_mean_over_examples(self.loss_fn, params, batch, max(2, size // 3))
         if not probe.ok:
             warnings.warn(f"chunked=True: the loss is not provably a mean over examples ({probe.reason}); "
                           "using the whole-batch step", stacklevel=4)
@@ -343,7 +340,7 @@ class _Loop:
             return None
         rem = size % chunk
         for other in {chunk, rem} - {0, 1, size}:  # the sizes the chunked step traces the loss at
-            proof = batchstep.prove_mean_over_examples(self.loss_fn, params, _abstract_batch(data, size), other)
+            proof = batchstep.prove_mean_over_examples(self.loss_fn, params, batch, other)
             if not proof.ok:
                 return None
         return chunk
@@ -357,8 +354,7 @@ class _Loop:
         of several MB (linear GD, n=100k d=16: about 1.3x) with chunks of about SPLIT_CHUNK_L2 L2
         caches; only for losses proven to be means over examples."""
         plan = self.plan
-        if (plan.method != "batch" or self.chunked is False or self.clip_norm is not None
-                or self.log_noise_scale or self.mesh is not None):
+        if plan.method != "batch" or self.chunked is False:
             return None
         if self.chunked == "auto" and jax.default_backend() != "cpu":
             return None
@@ -392,6 +388,8 @@ class _Loop:
         ``allow_fold``: the run is long enough (and its data resident) to pay for re-laying the
         data out once (transposed leaves, chunks cut apart)."""
         plan = self.plan
+        if self.clip_norm is not None or self.log_noise_scale or self.mesh is not None:
+            return _How(self.loss_fn, None, {})  # per-example or sharded gradients: the plain step only
         sizes = {plan.batch_size} | ({plan.rem} if plan.rem else set())
         split = self._split_for(params, data) if allow_fold else None  # batch data cut once per run
         chunks = {}
@@ -402,14 +400,13 @@ class _Loop:
                     chunks[size] = c
         fold = None
         if (allow_fold and self.layout == "auto" and not chunks and plan.method == "batch"
-                and self.clip_norm is None and not self.log_noise_scale and self.mesh is None
                 and jax.default_backend() == "cpu"):
             fold = batchstep.foldable_leaves(self.loss_fn, params, data)
             fold = fold if any(fold) else None
         if split is not None:
             losses = {}
             for size in set(split):
-                piece = _abstract_batch(data, size)
+                piece = batchstep.abstract_batch(data, size)
                 losses[size] = (batchstep.fold_layout(self.loss_fn, params, piece, fold) if fold
                                 else self.loss_fn)
             return _How(self.loss_fn, fold, {}, split, losses)
