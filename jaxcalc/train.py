@@ -481,12 +481,9 @@ class _Loop:
             how = self.prepare(state.params, data, allow_fold=False)
         opt = self.make_opt(hparam)
         base = (epoch_idx * plan.steps_per_epoch).astype(jnp.int32)
-        if plan.method == "batch" and self.noise_multiplier == 0:  # no randomness: no key derivation
-            state, rec = self.step(state, data, base, None, opt, how)
-            recs = jax.tree.map(lambda r: r[None], rec)
-            sizes = jnp.full((1,), plan.n)
-        elif plan.method == "batch":
-            k_noise = jax.random.split(jax.random.fold_in(key, epoch_idx))[1]
+        if plan.method == "batch":  # without noise, no randomness: no key derivation
+            k_noise = (None if self.noise_multiplier == 0
+                       else jax.random.split(jax.random.fold_in(key, epoch_idx))[1])
             state, rec = self.step(state, data, base, k_noise, opt, how)
             recs = jax.tree.map(lambda r: r[None], rec)
             sizes = jnp.full((1,), plan.n)
