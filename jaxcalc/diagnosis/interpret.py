@@ -201,45 +201,38 @@ _EXP_MASK = 0x7FF0000000000000
 _MANT_MASK = 0x000FFFFFFFFFFFFF
 
 
-def ulp_bits(y_loc, y_ex, dtype, normwise: bool):
+def _bitcast(xp, x, dtype):
+    return lax.bitcast_convert_type(x, dtype) if xp is jnp else np.ascontiguousarray(x).view(dtype)
+
+
+def ulp_bits(y_loc, y_ex, dtype, normwise: bool, xp=jnp):
     """Per-entry ``log2(1 + |y_loc − y_ex| / ulp(y_ex))`` in ``dtype``'s ulps, and the mask of entries counted
     (both finite). The ulp is at least the smallest normal number: a subnormal result flushed to zero (as XLA
-    does on CPU) loses no digits by this measure.
+    does on CPU) loses no digits by this measure. ``xp``: ``jax.numpy`` (inside the compiled program) or
+    ``numpy`` (on the host, :func:`ulp_bits_np`).
 
     Computed from the float64 bit pattern, not with ``log2``/``frexp`` (XLA expands those into long
     polynomials and special cases, which made the compiled program several times slower to build): for
     ``v = 1.f · 2^e``, zeroing the mantissa bits gives ``2^e`` (so ``ulp = 2^(e − nmant)``), and
     ``log2 v ≈ e + f`` (exact at powers of two, within 0.09 bits elsewhere)."""
     info = jnp.finfo(dtype)
-    yl = jnp.asarray(y_loc, F64)
-    ye = jnp.asarray(y_ex, F64)
-    ok = jnp.isfinite(yl) & jnp.isfinite(ye)
-    a = jnp.where(ok, jnp.abs(ye), 0.0)
-    mag = jnp.broadcast_to(jnp.max(a, initial=0.0), a.shape) if normwise else a
-    mag = jnp.maximum(mag, float(info.tiny))
-    pow2 = lax.bitcast_convert_type(lax.bitcast_convert_type(mag, jnp.int64) & _EXP_MASK, F64)
-    ulp = jnp.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
-    r = 1.0 + jnp.minimum(jnp.where(ok, jnp.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
-    rb = lax.bitcast_convert_type(r, jnp.int64)
+    yl = xp.asarray(y_loc, F64)
+    ye = xp.asarray(y_ex, F64)
+    ok = xp.isfinite(yl) & xp.isfinite(ye)
+    a = xp.where(ok, xp.abs(ye), 0.0)
+    mag = xp.broadcast_to(xp.max(a, initial=0.0), a.shape) if normwise else a
+    mag = xp.maximum(mag, float(info.tiny))
+    pow2 = _bitcast(xp, _bitcast(xp, mag, np.int64) & _EXP_MASK, F64)
+    ulp = xp.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
+    r = 1.0 + xp.minimum(xp.where(ok, xp.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
+    rb = _bitcast(xp, r, np.int64)
     bits = ((rb >> 52) - 1023).astype(F64) + (rb & _MANT_MASK).astype(F64) * 2.0 ** -52
-    return jnp.minimum(bits, BITS_CAP), ok
+    return xp.minimum(bits, BITS_CAP), ok
 
 
 def ulp_bits_np(y_loc, y_ex, dtype, normwise: bool):
     """:func:`ulp_bits` in numpy, on the host."""
-    info = jnp.finfo(dtype)
-    ok = np.isfinite(np.asarray(y_loc, np.float64)) & np.isfinite(np.asarray(y_ex, np.float64))
-    yl = np.where(ok, np.asarray(y_loc, np.float64), 0.0)
-    ye = np.where(ok, np.asarray(y_ex, np.float64), 0.0)
-    a = np.abs(ye)
-    mag = np.broadcast_to(np.max(a, initial=0.0), a.shape) if normwise else a
-    mag = np.maximum(mag, float(info.tiny))
-    pow2 = (mag.view(np.int64) & _EXP_MASK).view(np.float64)
-    ulp = np.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
-    r = 1.0 + np.minimum(np.abs(yl - ye) / ulp, 2.0 ** 60)
-    rb = np.ascontiguousarray(r).view(np.int64)
-    bits = ((rb >> 52) - 1023).astype(np.float64) + (rb & _MANT_MASK).astype(np.float64) * 2.0 ** -52
-    return np.minimum(bits, BITS_CAP), ok
+    return ulp_bits(y_loc, y_ex, dtype, normwise, xp=np)
 
 
 def _is_float_array(a) -> bool:
