@@ -219,12 +219,13 @@ def ulp_bits(y_loc, y_ex, dtype, normwise: bool, xp=jnp):
     yl = xp.asarray(y_loc, F64)
     ye = xp.asarray(y_ex, F64)
     ok = xp.isfinite(yl) & xp.isfinite(ye)
-    a = xp.where(ok, xp.abs(ye), 0.0)
+    yl, ye = xp.where(ok, yl, 0.0), xp.where(ok, ye, 0.0)  # entries not counted: 0 bits, no inf − inf
+    a = xp.abs(ye)
     mag = xp.broadcast_to(xp.max(a, initial=0.0), a.shape) if normwise else a
     mag = xp.maximum(mag, float(info.tiny))
     pow2 = _bitcast(xp, _bitcast(xp, mag, np.int64) & _EXP_MASK, F64)
     ulp = xp.maximum(pow2 * 2.0 ** (-int(info.nmant)), float(info.tiny))
-    r = 1.0 + xp.minimum(xp.where(ok, xp.abs(yl - ye), 0.0) / ulp, 2.0 ** 60)
+    r = 1.0 + xp.minimum(xp.abs(yl - ye) / ulp, 2.0 ** 60)
     rb = _bitcast(xp, r, np.int64)
     bits = ((rb >> 52) - 1023).astype(F64) + (rb & _MANT_MASK).astype(F64) * 2.0 ** -52
     return xp.minimum(bits, BITS_CAP), ok
