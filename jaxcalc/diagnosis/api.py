@@ -11,7 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcalc.diagnosis import analysis
-from jaxcalc.diagnosis.interpret import SUMLIKE, Ctx, Interpreter, Tracker, host_stats, is_float, ulp_bits_np
+from jaxcalc.diagnosis.interpret import (
+    SUMLIKE,
+    Ctx,
+    Interpreter,
+    Tracker,
+    host_stats,
+    is_float,
+    merge_stat,
+    ulp_bits_np,
+)
 from jaxcalc.diagnosis.report import KINDS, Finding, Report
 from jaxcalc.diagnosis.rules import RuleCheck
 from jaxcalc.gradcheck import _arg_names, _is_array_like, _is_real_float, _normalise_argnums
@@ -339,9 +348,9 @@ def _run(tr: Tracker, closed, program: str, dyn: list, opts: dict, extra=None):
         sid = key.split(":")[0]
         y_loc = np.asarray(y_loc)
         bits, ok = ulp_bits_np(y_loc, np.asarray(y_ex), y_loc.dtype, tr.sites[int(sid[1:])].primitive in SUMLIKE)
-        stats[f"{sid}:bits:sum"] = stats.get(f"{sid}:bits:sum", 0.0) + float(np.sum(bits[ok]))
-        stats[f"{sid}:count:sum"] = stats.get(f"{sid}:count:sum", 0.0) + float(np.sum(ok))
-        stats[f"{sid}:bitsmax:max"] = max(stats.get(f"{sid}:bitsmax:max", 0.0), float(np.max(bits[ok], initial=0.0)))
+        for k, v in ((f"{sid}:bits:sum", np.sum(bits[ok])), (f"{sid}:count:sum", np.sum(ok)),
+                     (f"{sid}:bitsmax:max", np.max(bits[ok], initial=0.0))):
+            stats[k] = float(merge_stat(k, stats.get(k, 0.0), float(v), xp=np))
     return out, stats, caps
 
 

@@ -173,6 +173,11 @@ class Ctx:
                                    frame=site.frame, depth=self.depth + 1, api=site.api)
 
 
+def merge_stat(key: str, old, new, xp=jnp):
+    """Two values of the statistic ``key``: ``...:sum`` keys add, ``...:max`` keys take the larger."""
+    return old + new if key.endswith(":sum") else xp.maximum(old, new)
+
+
 class _Collector:
     def __init__(self):
         self.stats: dict[str, object] = {}
@@ -182,11 +187,7 @@ class _Collector:
     def add(self, key, value, op):
         k = f"{key}:{op}"
         value = jnp.asarray(value, jnp.float32)
-        if k in self.stats:
-            old = self.stats[k]
-            self.stats[k] = old + value if op == "sum" else jnp.maximum(old, value)
-        else:
-            self.stats[k] = value
+        self.stats[k] = merge_stat(k, self.stats[k], value) if k in self.stats else value
 
 
 def combine_stacked(stats: dict):
@@ -614,7 +615,7 @@ class Interpreter:
         def body_fn(state):
             carry, acc = state
             outs, st = run_body(carry)
-            acc = {k: (acc[k] + st[k] if k.endswith(":sum") else jnp.maximum(acc[k], st[k])) for k in acc}
+            acc = {k: merge_stat(k, acc[k], st[k]) for k in acc}
             return self._pack(outs), acc
 
         carry, acc = lax.while_loop(cond_fn, body_fn, (self._pack(init), zeros))
