@@ -1019,12 +1019,21 @@ def _run_one(name: str, quick: bool, seed: int, out_dir: Path):
     return module.run(config, out_dir)
 
 
-def _headline(name: str, summary: dict) -> str:
+def section_headlines(name: str, summary: dict) -> list[tuple[str, str | None]]:
+    """``(title, headline)`` of each report section of experiment ``name`` that has a headline;
+    ``None`` where building it failed (a console line must never fail a finished run)."""
+    out = []
     for section in SECTIONS:
         if section.experiment == name and section.headline is not None:
-            with contextlib.suppress(Exception):  # a console line must never fail the run
-                return section.headline(summary)
-    return ""
+            text = None
+            with contextlib.suppress(Exception):
+                text = section.headline(summary)
+            out.append((section.title, text))
+    return out
+
+
+def _headline(name: str, summary: dict) -> str:
+    return next((text for _, text in section_headlines(name, summary) if text is not None), "")
 
 
 def run(config: Config, out_dir) -> dict:

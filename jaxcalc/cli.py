@@ -334,14 +334,9 @@ def _print_summary(summary: dict, name: str | None = None) -> None:
     if name is not None and name != "all":
         from experiments import all as run_all
 
-        for section in run_all.SECTIONS:
-            if section.experiment == name and section.headline is not None:
-                try:
-                    text = section.headline(summary)
-                except Exception:  # a console line must never fail a finished run
-                    text = ""
-                if text:
-                    print(f"{section.title}: {text}")
+        for title, text in run_all.section_headlines(name, summary):
+            if text:
+                print(f"{title}: {text}")
     for line in summary_lines(summary):
         print(line)
 
