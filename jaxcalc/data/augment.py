@@ -24,11 +24,15 @@ import jax.numpy as jnp
 __all__ = ["crop_flip", "random_crop_flip", "sample_crop_flip"]
 
 
+def _check_pad(pad) -> None:
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+
+
 def _check_images(images, pad) -> None:
     if jnp.ndim(images) != 4:
         raise ValueError(f"images must be a batch (n, h, w, c), got shape {tuple(jnp.shape(images))}")
-    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    _check_pad(pad)
 
 
 def sample_crop_flip(key, n: int, *, pad: int = 4):
@@ -43,8 +47,7 @@ def sample_crop_flip(key, n: int, *, pad: int = 4):
       ``(offsets, flips)``: ``(n, 2)`` int32 ``(dy, dx)`` with ``0 <= dy, dx <= 2 pad``, and
       ``(n,)`` bool, True where the image is mirrored left-right.
     """
-    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    _check_pad(pad)
 
     def one(k):
         k_crop, k_flip = jax.random.split(k)
