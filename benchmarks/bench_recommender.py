@@ -92,9 +92,7 @@ def worker_jax(args) -> dict:
     from jaxcalc.models import recommender as rec
 
     train, test = ml.load_train_test(args.train, args.test)
-    scale = (float(train.ratings.min()), float(train.ratings.max()))
-    seen_u = np.bincount(train.users, minlength=train.num_users) > 0
-    seen_i = np.bincount(train.items, minlength=train.num_items) > 0
+    scale, (seen_u, seen_i) = exp._scale(train), exp._seen(train)
     default = exp.settings(exp.Config())
     if args.method == "default":
         s, choose = default, False
@@ -264,6 +262,10 @@ def main() -> None:
     surprise_ok = have_surprise(args.surprise_python)
     jax_rows = [m.strip() for m in args.jax_rows.split(",") if m.strip()]
     sur_rows = [m.strip() for m in args.surprise_rows.split(",") if m.strip()] if surprise_ok else []
+    unknown = [m for m in jax_rows if m not in JAX_ROWS] + [m for m in sur_rows if m not in SURPRISE_ROWS]
+    if unknown:
+        sys.exit(f"unknown row(s) {', '.join(map(repr, unknown))}; jaxcalc rows: {', '.join(JAX_ROWS)}; "
+                 f"Surprise rows: {', '.join(SURPRISE_ROWS)}")
 
     results: dict = {("jaxcalc", m): [] for m in jax_rows} | {("Surprise", m): [] for m in sur_rows}
     for _ in range(args.processes):  # alternate the sides, one process at a time

@@ -160,6 +160,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     if mesh is not None:  # everything replicated; the programs split the batches themselves
         table, mu, rows_u, rows_i, r, k_shuffle = parallel.replicate((table, mu, rows_u, rows_i, r, k_shuffle), mesh)
     hyper = (f32(reg), f32(reg_bias))
+    dense = num_users * num_items <= dense_limit  # (U, I) matrices fit: dense products (see dense_limit)
     setup = {"run": 0.0, "compile": 0.0}
 
     def timed(fn, *a, **kw):
@@ -178,7 +179,7 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     if method == "bpmf":
         ju, ji = jnp.asarray(users), jnp.asarray(items)
         mats = None
-        if num_users * num_items <= dense_limit:
+        if dense:
             mats = timed(bpmf.dense_inputs, ju, ji, r, mu, num_users=num_users, num_items=num_items)
             if spectral_start:
                 table = timed(bpmf.spectral_start, table, *mats[:2], jax.random.fold_in(k_init, 1),
@@ -226,14 +227,14 @@ def fit(train: dict, num_users: int, num_items: int, *, method: str = "als", fac
     elif method == "als":
         ju, ji = jnp.asarray(users), jnp.asarray(items)
         mats = None
-        if num_users * num_items <= dense_limit:
+        if dense:
             mats = timed(dense_ratings, ju, ji, r, mu, num_users=num_users, num_items=num_items)
             if params_given is None and spectral_init:
                 table = timed(als.spectral_init, table, *mats, k_shuffle, num_users=num_users)
         exe, compile_s = _compiled(als.als_epoch, table, mu, ju, ji, r, mats, *hyper, num_users=num_users,
                                    chunk=min(chunk, ratings.size))
         step = lambda t, e: exe(t, mu, ju, ji, r, mats, *hyper)
-    elif method == "fullbatch" and num_users * num_items <= dense_limit:
+    elif method == "fullbatch" and dense:
         ju, ji = rows_u, rows_i - num_users
         mats = timed(dense_ratings, ju, ji, r, mu, num_users=num_users, num_items=num_items)
         counts = (jnp.sum(mats[0], axis=1), jnp.sum(mats[0], axis=0))
